@@ -1,0 +1,107 @@
+"""Model and dataset cards: card data as dataclasses, rendered from the Jinja templates in ``model_cards/``.
+
+As in setfit, each card has a dataclass that collects what the stage knows (``BackboneCardData``,
+``StudentCardData``); :func:`render_model_card` turns it into a ``huggingface_hub.ModelCard`` whose YAML front
+matter carries the machine-readable parts (``library_name``, ``datasets``, ``base_model``, ``model-index``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+
+
+def template_text(name: str) -> str:
+    """The text of ``model_cards/<name>`` (packaged with the library)."""
+    return resources.files("hf_scdd").joinpath("model_cards", name).read_text()
+
+
+def library_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@dataclass
+class BackboneCardData:
+    """What the backbone card says; filled from the model's config and ``training`` record."""
+
+    arch: str
+    stem: str
+    width: int
+    in_channels: int
+    image_size: int
+    num_classes: int
+    bn_layers: int
+    num_parameters: int
+    method: str = "unknown"
+    dataset: str | None = None
+    epochs: int | None = None
+    probe_top1: float | None = None
+    probe_epochs: int | None = None
+    base_model: str | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def backbone_card_data(model) -> BackboneCardData:
+    info = dict(model.training_info)
+    return BackboneCardData(
+        arch=model.arch,
+        stem=model.stem,
+        width=model.width,
+        in_channels=model.in_channels,
+        image_size=model.image_size,
+        num_classes=model.num_classes,
+        bn_layers=model.bn_layer_count(),
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        method=info.get("method", "unknown"),
+        dataset=info.get("dataset"),
+        epochs=info.get("epochs"),
+        probe_top1=info.get("probe_top1"),
+        probe_epochs=info.get("probe_epochs"),
+        base_model=info.get("base_model"),
+        training=info,
+    )
+
+
+def _hub_id(name: str | None) -> str | None:
+    """Only Hub-looking ids (``owner/name``, not local paths) may go in ``datasets``/``base_model``."""
+    if not name or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        return None
+    return name
+
+
+def render_model_card(model) -> ModelCard:
+    """A backbone's card, from ``model_cards/backbone.md``."""
+    data = backbone_card_data(model)
+    eval_results = None
+    if data.probe_top1 is not None:
+        eval_results = [
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=_hub_id(data.dataset) or (data.dataset or "unknown"),
+                dataset_name=data.dataset or "unknown",
+                dataset_split="test",
+                metric_type="accuracy",
+                metric_name="linear-probe top-1",
+                metric_value=round(float(data.probe_top1), 4),
+            )
+        ]
+    tags = ["dataset-distillation", "sc-dd", "batchnorm", data.method]
+    card_data = ModelCardData(
+        library_name="hf_scdd",
+        license="apache-2.0",
+        tags=[t for t in tags if t],
+        datasets=[d for d in [_hub_id(data.dataset)] if d] or None,
+        base_model=_hub_id(data.base_model),
+        model_name=f"{data.arch}-{data.method}",
+        eval_results=eval_results,
+        pipeline_tag="image-classification",
+    )
+    return ModelCard.from_template(
+        card_data, template_str=template_text("backbone.md"), card=asdict(data), version=library_version()
+    )

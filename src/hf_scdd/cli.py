@@ -1,0 +1,53 @@
+"""``hf-scdd <stage> [--config file.yaml] [--field value ...]``: each stage's ``main(config)``.
+
+Single process: ``hf-scdd recover ...``. Several processes: ``accelerate launch -m hf_scdd recover ...``
+(on CPU: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m hf_scdd recover ...``).
+Stages are imported lazily so ``hf-scdd --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from .configs import parse_config
+
+# stage -> (module, config class, one-line description)
+STAGES: dict[str, tuple[str, str, str]] = {
+    "squeeze": ("hf_scdd.squeeze", "SqueezeConfig", "pre-train a backbone (MoCo v2 or supervised)"),
+    "probe": ("hf_scdd.squeeze", "ProbeConfig", "fit a linear probe on a frozen, eval-mode backbone"),
+    "inspect-bn": ("hf_scdd.bn_report", "InspectBNConfig", "compare BN running statistics of backbones"),
+    "recover": ("hf_scdd.recover", "RecoverConfig", "synthesise a distilled set by BN matching"),
+    "relabel": ("hf_scdd.relabel", "RelabelConfig", "store teacher soft labels as safetensors"),
+    "evaluate": ("hf_scdd.evaluate", "EvaluateConfig", "post-train a student and report top-1"),
+    "pipeline": ("hf_scdd.pipeline", "PipelineConfig", "run every stage end to end"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: hf-scdd <stage> [--config file.yaml] [--field value ...]", "", "stages:"]
+    lines += [f"  {name:<11} {desc}" for name, (_, _, desc) in STAGES.items()]
+    lines += ["", "`hf-scdd <stage> --help` lists every field of a stage."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        sys.exit(f"hf-scdd: unknown stage {stage!r}\n\n{usage()}")
+    module_name, config_name, _ = STAGES[stage]
+    module = importlib.import_module(module_name)
+    config = parse_config(getattr(module, config_name), rest, prog=f"hf-scdd {stage}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stage_main = getattr(module, "main" if stage not in ("probe", "inspect-bn") else stage.replace("-", "_"))
+    stage_main(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Stage configuration: one ``@dataclass`` per stage, parsed from YAML plus command-line overrides.
+
+Each stage module defines its config dataclass (``SqueezeConfig`` in ``squeeze.py``, ``RecoverConfig`` in
+``recover.py``, ...), inheriting :class:`StageConfig` for the fields every stage shares. :func:`parse_config`
+does what trl's ``TrlParser`` does on top of transformers' ``HfArgumentParser``: read ``--config file.yaml``,
+use it as defaults, then apply the command line, so ``--help`` documents every field.
+
+Every stage writes its resolved config next to its output (:func:`save_config`) and refuses to reuse an
+output folder that was made with a different config (:func:`check_or_write_config`): mixing two runs'
+outputs is how distilled sets silently go wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid or conflicts with existing output; the message names the fix."""
+
+
+@dataclass
+class StageConfig:
+    """Fields shared by every stage."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "Folder the stage writes to."})
+    seed: int = field(default=0, metadata={"help": "Seed; the same seed and config give the same output."})
+    dataset: str = field(
+        default="fashion_mnist",
+        metadata={"help": "Built-in 'fashion_mnist', or any load_dataset id or local folder."},
+    )
+    image_column: str | None = field(default=None, metadata={"help": "Image column (auto-detected if unset)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (auto-detected if unset)."})
+    cpu: bool = field(default=False, metadata={"help": "Force the CPU even when an accelerator is present."})
+    mixed_precision: str = field(
+        default="auto",
+        metadata={"help": "'no', 'bf16', 'fp16' or 'auto' (bf16 where the hardware runs it fast, else no)."},
+    )
+    report_to: str = field(
+        default="jsonl",
+        metadata={"help": "Accelerate tracker: 'jsonl' (built in, offline), 'tensorboard', 'wandb', ... or 'none'."},
+    )
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the result to."})
+
+    # Fields that do not change the result and may differ between a run and its resumption.
+    RUNTIME_FIELDS = ("cpu", "report_to", "push_to_hub", "mixed_precision_runtime")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def result_fields(self) -> dict[str, Any]:
+        """The fields that determine the output (what a resumed run must agree on)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
+
+
+def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prog: str | None = None) -> T:
+    """Parse ``config_cls`` from ``--config file.yaml`` (defaults) and the command line (overrides)."""
+    from transformers import HfArgumentParser
+
+    args = list(sys.argv[1:] if args is None else args)
+    parser = HfArgumentParser(config_cls, prog=prog)
+    parser.add_argument("--config", type=str, default=None, help="YAML file with field values; CLI overrides it.")
+    yaml_path = _pop_config_path(args)
+    if yaml_path is not None:
+        values = load_yaml(yaml_path)
+        known = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{yaml_path}: unknown field(s) {unknown} for {config_cls.__name__}")
+        parser.set_defaults(**values)
+    (config,) = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
+    return config
+
+
+def _pop_config_path(args: list[str]) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == "--config":
+            if i + 1 >= len(args):
+                raise ConfigError("--config needs a YAML file path")
+            path = args[i + 1]
+            del args[i : i + 2]
+            return path
+        if arg.startswith("--config="):
+            del args[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of field names to values")
+    return values
+
+
+def config_from_dict(config_cls: type[T], values: dict[str, Any]) -> T:
+    """Build a config from a dict, refusing unknown keys (used by the pipeline and tests)."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {unknown} for {config_cls.__name__}")
+    return config_cls(**values)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_config(config: StageConfig, folder: str | os.PathLike, name: str = "config.json", **extra: Any) -> Path:
+    """Record the full config (plus ``extra`` provenance such as the library version) next to the output."""
+    from . import __version__
+
+    path = Path(folder) / name
+    payload = {"stage": type(config).__name__, "hf_scdd_version": __version__, **extra, "config": config.to_dict()}
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def check_or_write_config(config: StageConfig, folder: str | os.PathLike, name: str = "config.json") -> bool:
+    """Write the config into a fresh folder, or check it matches the one already there.
+
+    Returns True when the folder already held this config (a resumption). Raises :class:`ConfigError` when
+    it holds a different one, naming the differing fields, instead of mixing two runs' outputs.
+    """
+    path = Path(folder) / name
+    if path.exists():
+        previous = json.loads(path.read_text()).get("config", {})
+        current = json.loads(json.dumps(config.to_dict(), default=str))
+        diffs = {
+            k: (previous.get(k), v)
+            for k, v in current.items()
+            if k not in config.RUNTIME_FIELDS and previous.get(k) != v
+        }
+        if diffs:
+            listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(diffs.items()))
+            raise ConfigError(
+                f"{folder} already holds the output of a run with a different config ({listing}). "
+                "Use another --output_dir, or delete the folder to start over."
+            )
+        return True
+    save_config(config, folder, name)
+    return False
