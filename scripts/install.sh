@@ -19,7 +19,7 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     python -m pip install -q torch
   else
-    python -m pip install -q "torch==2.13.0" || python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+    python -m pip install -q "torch==2.13.0"
   fi
 fi
 
