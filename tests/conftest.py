@@ -22,7 +22,7 @@ Fake Hugging Face Hub + network guard (see ``tests/hub_server.py``)
 
 Fixtures:
 
-* ``fake_hub`` (session): the running :class:`FakeHub`; ``fake_hub.url``, ``fake_hub.log`` (list of
+* ``fake_hub`` (session): the running :class:`FakeHub`; ``fake_hub.url``, ``fake_hub.log`` (deque of
   ``(method, path, status)``), ``fake_hub.files(repo_id, repo_type="model", revision="main")``.
 * ``hub_env`` (function): a full ``os.environ`` copy with the variables above and a fresh
   ``HF_HOME`` under ``tmp_path``; pass it as ``subprocess.run(..., env=hub_env)``.
@@ -81,6 +81,14 @@ for _name in _HUB_ENV_UNSET:
 os.environ.update(HUB_ENV, HF_HOME=_SESSION_HF_HOME)
 
 
+def _is_ip_literal(host) -> bool:
+    try:
+        ipaddress.ip_address((host.decode() if isinstance(host, bytes) else str(host)).split("%")[0])
+        return True
+    except ValueError:
+        return False
+
+
 def _is_loopback(host) -> bool:
     if host in (None, "", b"", "localhost", "localhost.localdomain", "ip6-localhost"):
         return True
@@ -96,7 +104,7 @@ if os.environ.get("HF_SCDD_ALLOW_NETWORK") != "1":
         socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex)
 
     def _guarded_getaddrinfo(host, *args, **kwargs):
-        if not _is_loopback(host):
+        if not (_is_loopback(host) or _is_ip_literal(host)):  # IP literals need no DNS; connect() checks them
             raise socket.gaierror(socket.EAI_NONAME, f"tests/conftest.py blocks network access to {host!r}")
         return _real_getaddrinfo(host, *args, **kwargs)
 

@@ -19,6 +19,17 @@ It implements the subset of endpoints that the real ``huggingface_hub`` 2.x, ``d
 ``GET|HEAD /{prefix}{repo}/resolve/{rev}/{path}``           ``X-Repo-Commit``, ``ETag``, ``Range``
 ==========================================================  =========================================
 
+Client behaviour this server accommodates:
+
+* ``datasets`` deletes each temporary parquet right after ``preupload_lfs_files``, so parquet (and any
+  binary, ``*.safetensors``, or >10 MB file) must be "lfs" (uploaded before the commit), never "regular";
+* a missing tree folder must be ``404`` + ``X-Error-Code: EntryNotFound`` (an empty list breaks
+  datasets); missing files/repos/revisions use ``EntryNotFound``/``RepoNotFound``/``RevisionNotFound``;
+* HEAD replies never carry a body (even errors), or the HTTP/1.1 keep-alive stream is corrupted;
+* ``hf_hub_download`` needs ``X-Repo-Commit`` and an ``ETag`` (LFS: ``X-Linked-Etag`` = sha256);
+* preupload returns the current ``oid`` of a path so unchanged files are skipped client-side;
+* ``create_repo(exist_ok=True)`` reads ``url`` from the 409 body.
+
 Clients must run with ``HF_HUB_DISABLE_XET=1`` (otherwise LFS uploads go to a Xet CAS server) and with
 ``HF_ENDPOINT`` set *before* importing any HF library. Run standalone with
 ``python tests/hub_server.py --port 0``: it prints the base URL on one line and serves until killed.
@@ -33,6 +44,7 @@ import json
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,7 +97,8 @@ class Entry:
 
 
 def _pointer(e: Entry) -> bytes:
-    return b"version https://git-lfs.github.com/spec/v1\noid sha256:%s\nsize %d\n" % (e.sha256.encode(), e.size)
+    spec = b"version https://git-lfs.github.com/spec/v1\n"
+    return spec + b"oid sha256:%s\nsize %d\n" % (e.sha256.encode(), e.size)
 
 
 @dataclass
@@ -107,7 +120,7 @@ class Repo:
     repo_id: str
     private: bool
     created: str = field(default_factory=_now)
-    refs: dict[str, str] = field(default_factory=dict)  # "main", "refs/pr/1", tag names (kept in `tags`)
+    refs: dict[str, str] = field(default_factory=dict)  # branches ("main", "refs/pr/1") -> commit id
     tags: dict[str, str] = field(default_factory=dict)
     commits: dict[str, Commit] = field(default_factory=dict)
 
@@ -131,7 +144,7 @@ class FakeHub:
         self.port, self.user, self.max_body = port, user, max_body
         self.repos: dict[tuple[str, str], Repo] = {}
         self.blobs: dict[str, bytes] = {}  # sha256 -> content (git and LFS objects alike)
-        self.log: list[tuple[str, str, int]] = []
+        self.log: deque[tuple[str, str, int]] = deque(maxlen=100_000)
         self.lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -198,11 +211,13 @@ class FakeHub:
         self.blobs[sha] = data
         return sha
 
-    def _commit(self, repo: Repo, parent: str | None, files: dict, title: str, message: str, ops: dict) -> str:
+    def _commit(self, repo: Repo, parent: str | None, files: dict, title: str, message: str,
+                ops: dict) -> str:
         """Apply ``ops`` (lists under keys file/lfsFile/deletedFile/deletedFolder) on ``files``; return id."""
         files = dict(files)
         self._counter += 1
-        cid = hashlib.sha1(f"{repo.repo_id}:{parent}:{title}:{time.time_ns()}:{self._counter}".encode()).hexdigest()
+        seed = f"{repo.repo_id}:{parent}:{title}:{time.time_ns()}:{self._counter}"
+        cid = hashlib.sha1(seed.encode()).hexdigest()
         for op in ops.get("deletedFile", []):
             if files.pop(op["path"], None) is None:
                 raise HubError(404, f"A file with this name doesn't exist: {op['path']}", "EntryNotFound")
@@ -368,7 +383,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, self._info(repo, rev))
             if action == "preupload" and cmd == "POST":
                 files = repo.resolve(rev).files if rev in repo.refs else {}
-                return self._send(200, {"files": [self._upload_mode(f, files) for f in self._json()["files"]]})
+                modes = [self._upload_mode(f, files) for f in self._json()["files"]]
+                return self._send(200, {"files": modes})
             if action == "commit" and cmd == "POST":
                 return self._commit(repo, rev)
             if action == "tree" and cmd == "GET":

@@ -224,6 +224,11 @@ class ResNet(
         kwargs.setdefault("config", self.config)
         return super().push_to_hub(repo_id, *args, **kwargs)
 
+    @classmethod
+    def _from_pretrained(cls, *, strict: bool = True, **kwargs):
+        """Strict by default (the mixin's default is not): a backbone missing BN buffers must not load."""
+        return super()._from_pretrained(strict=strict, **kwargs)
+
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """The card from ``model_cards/backbone.md`` with per-model metadata (datasets, metrics)."""
         return render_model_card(self)
