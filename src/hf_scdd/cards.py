@@ -105,3 +105,58 @@ def render_model_card(model) -> ModelCard:
     return ModelCard.from_template(
         card_data, template_str=template_text("backbone.md"), card=asdict(data), version=library_version()
     )
+
+
+@dataclass
+class StudentCardData:
+    """What the student card says: how it was post-trained on a distilled set and how well it does."""
+
+    arch: str
+    stem: str
+    width: int
+    num_classes: int
+    dataset: str
+    distilled: str | None
+    teacher: str | None
+    label_mode: str
+    epochs: int
+    temperature: float
+    batch_size: int
+    mix: str
+    seeds: list[int]
+    final_top1_mean: float
+    final_top1_std: float
+    best_top1_mean: float
+    best_top1_std: float
+    test_size: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    results_markdown: str = ""
+
+
+def render_student_card(data: StudentCardData) -> ModelCard:
+    """A post-trained student's card, from ``model_cards/student.md``, with model-index results."""
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type=_hub_id(data.dataset) or data.dataset,
+            dataset_name=data.dataset,
+            dataset_split="test",
+            metric_type="accuracy",
+            metric_name=f"top-1, final epoch, mean of {len(data.seeds)} seed(s)",
+            metric_value=round(float(data.final_top1_mean), 4),
+        )
+    ]
+    datasets = [d for d in (_hub_id(data.distilled), _hub_id(data.dataset)) if d]
+    card_data = ModelCardData(
+        library_name="hf_scdd",
+        license="apache-2.0",
+        tags=["dataset-distillation", "sc-dd", "knowledge-distillation", f"labels-{data.label_mode}"],
+        datasets=datasets or None,
+        base_model=_hub_id(data.teacher),
+        model_name=f"{data.arch}-student-{data.label_mode}",
+        eval_results=eval_results,
+        pipeline_tag="image-classification",
+    )
+    return ModelCard.from_template(
+        card_data, template_str=template_text("student.md"), card=asdict(data), version=library_version()
+    )

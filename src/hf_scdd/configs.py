@@ -78,7 +78,12 @@ def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prog: s
         if unknown:
             raise ConfigError(f"{yaml_path}: unknown field(s) {unknown} for {config_cls.__name__}")
         parser.set_defaults(**values)
-    (config,) = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
+    # The extra --config argument comes back as a trailing Namespace: keep only the dataclass.
+    config, *_, unused = parser.parse_args_into_dataclasses(
+        args=args, look_for_args_file=False, return_remaining_strings=True
+    )
+    if unused:
+        raise ConfigError(f"unknown argument(s) {unused} for {config_cls.__name__}; see --help for the fields")
     return config
 
 

@@ -173,7 +173,9 @@ def _load_builtin():
     if all((FASHION_MNIST_DIR / f).exists() for pair in _FASHION_MNIST_FILES.values() for f in pair):
         dsd = _fashion_mnist_from_idx(FASHION_MNIST_DIR)
         _write_parquet_folder(dsd, local)
-        return datasets.load_dataset(str(local))
+        loaded = datasets.load_dataset(str(local))
+        _seed_tensor_cache(loaded, FASHION_MNIST_DIR)
+        return loaded
     tried.append(f"IDX files in {FASHION_MNIST_DIR} (install them with `apt-get install dataset-fashion-mnist`)")
     try:
         return datasets.load_dataset(FASHION_MNIST_HUB_ID)
@@ -281,9 +283,9 @@ def _standardise_columns(dsd, image_column: str | None, label_column: str | None
     image_column = image_column or _detect(features, IMAGE_COLUMN_CANDIDATES, datasets.Image)
     label_column = label_column or _detect(features, LABEL_COLUMN_CANDIDATES, datasets.ClassLabel)
     if image_column is None or image_column not in features:
-        raise DataError(
-            f"dataset {name!r} has no image column (columns: {list(features)}); pass --image_column NAME"
-        )
+        typed = [c for c, f in features.items() if isinstance(f, datasets.Image)]
+        found = f"several image columns {typed}" if len(typed) > 1 else "no image column"
+        raise DataError(f"dataset {name!r} has {found} (columns: {list(features)}); pass --image_column NAME")
     if label_column is None or label_column not in features:
         raise DataError(
             f"dataset {name!r} has no label column (columns: {list(features)}); distillation needs class "
@@ -341,19 +343,37 @@ def _to_class_label(dsd, feature, name: str):
 # --------------------------------------------------------------------------------------------------------
 
 
-def _load_or_decode(ds, channels: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from safetensors.torch import load_file, save_file
-
+def _tensor_cache_path(ds, channels: int, image_size: int) -> Path:
     key = hashlib.sha256(f"{ds._fingerprint}-{channels}-{image_size}-v1".encode()).hexdigest()[:20]
-    path = cache_dir() / "tensors" / f"{key}.safetensors"
+    return cache_dir() / "tensors" / f"{key}.safetensors"
+
+
+def _save_tensors(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"images": images.contiguous(), "labels": labels.contiguous()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _seed_tensor_cache(dsd, folder: Path) -> None:
+    """The IDX arrays already are the decoded images: cache them so the first use skips decoding 70k PNGs."""
+    for split, (images_file, labels_file) in _FASHION_MNIST_FILES.items():
+        images = torch.from_numpy(read_idx(folder / images_file).copy()).unsqueeze(1)
+        labels = torch.from_numpy(read_idx(folder / labels_file).astype(np.int64))
+        _save_tensors(_tensor_cache_path(dsd[split], 1, images.shape[-1]), images, labels)
+
+
+def _load_or_decode(ds, channels: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = _tensor_cache_path(ds, channels, image_size)
     if path.exists():
         loaded = load_file(str(path))
         return loaded["images"], loaded["labels"]
     images, labels = decode_images(ds, channels, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"images": images.contiguous(), "labels": labels}, str(tmp))
-    os.replace(tmp, path)
+    _save_tensors(path, images, labels)
     return images, labels
 
 

@@ -150,7 +150,12 @@ def index_loader(n: int, batch_size: int, *, seed: int, shuffle: bool = True, dr
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0):
-    """Per-step cosine decay to zero with optional linear warm-up."""
+    """Per-step cosine decay to zero with optional linear warm-up.
+
+    Pass it to :func:`train` *without* ``accelerator.prepare``: a prepared scheduler steps ``num_processes``
+    times per optimiser step (accelerate assumes single-process step counts), so with ``total_steps`` counted
+    in per-process steps the decay would end early; :func:`train` checkpoints an unprepared scheduler itself.
+    """
 
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -234,6 +239,7 @@ def train(
     desc: str = "train",
     max_grad_norm: float | None = None,
     after_step: Callable[[], None] | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
 ) -> LoopProgress:
     """Run ``epochs`` epochs of ``step_fn`` with checkpoint/resume; returns the progress record.
 
@@ -241,13 +247,20 @@ def train(
     stage decides what to prepare: MoCo's key encoder is not). ``extra_state`` are objects with
     ``state_dict``/``load_state_dict`` to checkpoint too (MoCo's queue, the key encoder).
     ``on_epoch_end(epoch)`` may evaluate and returns scalars recorded in ``progress.history``.
+    ``on_epoch_start(epoch)`` runs before each (also a resumed) epoch, e.g. to load that epoch's
+    augmentation plan and stored soft labels.
     """
     from tqdm.auto import tqdm
+
+    from accelerate.scheduler import AcceleratedScheduler
 
     progress = LoopProgress()
     accelerator.register_for_checkpointing(progress)
     for obj in extra_state:
         accelerator.register_for_checkpointing(obj)
+    if scheduler is not None and not isinstance(scheduler, AcceleratedScheduler):
+        # An unprepared scheduler (see cosine_schedule) is not saved by save_state unless registered.
+        accelerator.register_for_checkpointing(scheduler)
     resume = latest_checkpoint(output_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
@@ -263,6 +276,8 @@ def train(
     )
     while progress.epoch < epochs:
         model.train()
+        if on_epoch_start is not None:
+            on_epoch_start(progress.epoch)
         epoch_loader = loader
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(progress.epoch)
@@ -319,8 +334,13 @@ def evaluate_top1(
     labels: torch.Tensor,
     preprocess: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int = 512,
-) -> float:
-    """Top-1 of ``model`` on in-memory ``images`` (uint8), split across processes, gathered exactly once each."""
+    return_count: bool = False,
+) -> float | tuple[float, int]:
+    """Top-1 of ``model`` on in-memory ``images`` (uint8), split across processes, gathered exactly once each.
+
+    With ``return_count`` also returns how many examples were scored, so reports can show the accuracy is
+    over the whole split (``count == len(images)``) and not over a prefix or a padded shard.
+    """
     model.eval()
     n = len(images)
     loader = accelerator.prepare_data_loader(
@@ -335,4 +355,5 @@ def evaluate_top1(
         preds, refs = accelerator.gather_for_metrics((preds, labels[idx].to(accelerator.device)))
         correct += int((preds == refs).sum())
         total += len(refs)
-    return correct / max(1, total)
+    accuracy = correct / max(1, total)
+    return (accuracy, total) if return_count else accuracy

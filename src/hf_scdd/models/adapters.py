@@ -90,8 +90,8 @@ class TransformersClassifier(nn.Module):
 
         kwargs.pop("trust_remote_code", None)
         try:
-            model = AutoModelForImageClassification.from_pretrained(
-                name_or_path, revision=revision, trust_remote_code=False, **kwargs
+            model, info = AutoModelForImageClassification.from_pretrained(
+                name_or_path, revision=revision, trust_remote_code=False, output_loading_info=True, **kwargs
             )
         except (OSError, ValueError, KeyError) as err:
             raise BackboneError(
@@ -99,6 +99,7 @@ class TransformersClassifier(nn.Module):
                 f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). It needs a config.json "
                 "whose model_type has an AutoModelForImageClassification class, and no custom code."
             ) from err
+        _check_loading_info(name_or_path, info)
         processor = read_preprocessor_config(name_or_path, revision)
         wrapper = cls(
             model,
@@ -167,6 +168,20 @@ def read_preprocessor_config(name_or_path: str, revision: str | None = None) -> 
     if not isinstance(values, dict):
         raise BackboneError(f"{PREPROCESSOR_FILE} of {name_or_path!r} is not a JSON object")
     return values
+
+
+def _check_loading_info(name_or_path: str, info: dict[str, Any]) -> None:
+    """Refuse a model whose weights were partly initialised at random: its logits or BN statistics would be
+    meaningless (e.g. a bare ``ResNetModel`` checkpoint loaded as a classifier has a random head)."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        listed = ", ".join((missing + mismatched)[:10]) + (", ..." if len(missing) + len(mismatched) > 10 else "")
+        raise BackboneError(
+            f"{name_or_path!r} does not hold every weight of its image classifier ({len(missing)} missing, "
+            f"{len(mismatched)} of the wrong shape: {listed}); they would be random. Use a checkpoint saved "
+            "from an *ForImageClassification model with its classification head."
+        )
 
 
 def _image_size(processor: dict[str, Any]) -> int:

@@ -204,9 +204,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Descend into ``state_dict``/``model``/``teacher``/``student`` containers and keep only the tensors."""
     current: Mapping[str, Any] = checkpoint
-    for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}
-        if any(isinstance(v, torch.Tensor) for v in current.values()):
-            break
+    for _ in range(3):  # e.g. {"model": {"state_dict": {...}}}; metadata tensors (best_acc1) stay outside
         inner = next((current[k] for k in CONTAINER_KEYS if isinstance(current.get(k), Mapping)), None)
         if inner is None:
             break

@@ -1,0 +1,576 @@
+"""``hf-scdd relabel``: a teacher's soft labels for a distilled set, stored as safetensors.
+
+SC-DD as released runs its teacher online during post-training (nothing stored). SRe²L's FKD instead stores,
+for every epoch, the augmentation each image got and the teacher's logits on the resulting mixed batch, so
+evaluation needs no teacher. This module does the FKD variant in a portable form:
+
+* ``soft_labels/epoch_XXXX.safetensors``, one file per epoch, holding the epoch's :class:`EpochPlan` (slot
+  order, crop box, flip, mix partner, lambda, CutMix box) and the teacher's logits on each mixed view, as fp16
+  or int8 (per-row scale), optionally only the top-k classes (int16 indices) plus the mean of the others
+  ("tail", so high-temperature targets keep their mass). Format metadata lives in the safetensors header.
+* ``--mode compact``: one vector per image (teacher on the un-augmented image), ``soft_labels/compact.safetensors``.
+* :class:`SoftLabelStore` reads and validates them; :func:`replay` re-renders exactly the stored views, so the
+  stored logits belong to the views the student sees. No torch internals are patched (cf. SRe²L issue #17).
+
+Each epoch depends on ``(seed, epoch)`` only, epochs are spread over processes round robin, files are written
+atomically, a rerun skips finished epochs and a changed config is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .configs import ConfigError, StageConfig, atomic_write_text, check_or_write_config
+from .core.augment import EpochPlan, ViewSpec, make_epoch_plan, render_batch
+from .data import normalize
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "hf_scdd.soft_labels"
+FORMAT_VERSION = 1
+LABELS_DIRNAME = "soft_labels"
+COMPACT_FILE = "compact.safetensors"
+LABEL_DTYPES = ("fp16", "int8")
+
+
+class SoftLabelError(ValueError):
+    """Soft labels are missing, damaged or belong to another set; the message names the problem and the fix."""
+
+
+def epoch_file(epoch: int) -> str:
+    return f"epoch_{epoch:04d}.safetensors"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Shared view options (relabel and evaluate must agree on them)
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PostTrainViewFields:
+    """Post-training augmentation and batching, shared by ``relabel`` and ``evaluate``."""
+
+    batch_size: int = field(default=64, metadata={"help": "Post-training batch size (SC-DD: 64)."})
+    crop: str = field(
+        default="rrc",
+        metadata={"help": "'rrc' RandomResizedCrop (SC-DD ImageNet), 'pad' RandomCrop with padding (CIFAR), 'none'."},
+    )
+    crop_scale_min: float = field(default=0.08, metadata={"help": "Smallest RRC area share (SC-DD: 0.08)."})
+    crop_pad: int = field(default=4, metadata={"help": "Padding in pixels for --crop pad (CIFAR: 4)."})
+    flip: bool = field(default=True, metadata={"help": "Random horizontal flips."})
+    mix: str = field(default="cutmix", metadata={"help": "'cutmix' (SC-DD ImageNet), 'mixup' (CIFAR) or 'none'."})
+    mix_alpha: float = field(
+        default=1.0, metadata={"help": "Beta(alpha, alpha) for lambda (CutMix 1.0, Mixup 0.8 as in SC-DD)."}
+    )
+
+    def view_spec(self) -> ViewSpec:
+        return ViewSpec(
+            crop=self.crop, scale_min=self.crop_scale_min, pad=self.crop_pad, flip=self.flip,
+            mix=self.mix, mix_alpha=self.mix_alpha,
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Format: metadata and logit encodings
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelFormat:
+    """What every soft-label file's header records (all values are stored as strings)."""
+
+    mode: str  # "fkd" (per-epoch plans + logits) or "compact" (one vector per image)
+    num_images: int
+    num_classes: int
+    num_epochs: int
+    batch_size: int
+    image_size: int
+    seed: int
+    temperature: float
+    topk: int  # 0 = all classes
+    label_dtype: str
+    teacher: str
+    teacher_revision: str
+    view: dict[str, Any]
+    format_version: int = FORMAT_VERSION
+
+    def metadata(self, **extra: Any) -> dict[str, str]:
+        values = {**asdict(self), **extra}
+        meta = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in values.items()}
+        return {"format": "pt", "hf_scdd_format": FORMAT_NAME, **meta}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], source: str) -> "LabelFormat":
+        if meta.get("hf_scdd_format") != FORMAT_NAME:
+            raise SoftLabelError(f"{source} is not an hf_scdd soft-label file (no '{FORMAT_NAME}' header)")
+        version = int(meta.get("format_version", "0"))
+        if version > FORMAT_VERSION:
+            raise SoftLabelError(
+                f"{source} uses soft-label format version {version}, newer than this hf_scdd understands "
+                f"({FORMAT_VERSION}); upgrade hf_scdd (pip install -U hf_scdd) to read it"
+            )
+        try:
+            return cls(
+                mode=meta["mode"], num_images=int(meta["num_images"]), num_classes=int(meta["num_classes"]),
+                num_epochs=int(meta["num_epochs"]), batch_size=int(meta["batch_size"]),
+                image_size=int(meta["image_size"]), seed=int(meta["seed"]),
+                temperature=float(meta["temperature"]), topk=int(meta["topk"]), label_dtype=meta["label_dtype"],
+                teacher=meta["teacher"], teacher_revision=meta["teacher_revision"],
+                view=json.loads(meta["view"]), format_version=version,
+            )
+        except (KeyError, ValueError) as err:
+            raise SoftLabelError(f"{source} has an incomplete soft-label header ({err}); rerun hf-scdd relabel") from err
+
+    def view_spec(self) -> ViewSpec:
+        view = dict(self.view)
+        view["ratio"] = tuple(view.get("ratio", (3 / 4, 4 / 3)))
+        return ViewSpec(**view)
+
+    def protocol_key(self) -> dict[str, Any]:
+        """The fields that must agree across all files of one store."""
+        d = asdict(self)
+        return d
+
+
+def encode_logits(logits: torch.Tensor, topk: int = 0, label_dtype: str = "fp16") -> dict[str, torch.Tensor]:
+    """fp32 logits [n, C] → the stored tensors (``logits`` and, as needed, ``indices``/``tail``/``scale``)."""
+    if label_dtype not in LABEL_DTYPES:
+        raise ConfigError(f"label_dtype must be one of {LABEL_DTYPES}, got {label_dtype!r}")
+    logits = logits.detach().float().cpu()
+    out: dict[str, torch.Tensor] = {}
+    values = logits
+    num_classes = logits.shape[1]
+    if 0 < topk < num_classes:
+        values, indices = logits.topk(topk, dim=1)
+        rest = (logits.sum(1) - values.sum(1)) / (num_classes - topk)
+        out["indices"] = indices.to(torch.int16)
+        out["tail"] = rest.to(torch.float16)
+    if label_dtype == "int8":
+        scale = (values.abs().amax(dim=1) / 127.0).clamp_min(1e-8).to(torch.float16)
+        out["logits"] = (values / scale.float()[:, None]).round().clamp(-127, 127).to(torch.int8)
+        out["scale"] = scale
+    else:
+        out["logits"] = values.to(torch.float16)
+    return out
+
+
+def decode_logits(tensors: dict[str, torch.Tensor], num_classes: int) -> torch.Tensor:
+    """Inverse of :func:`encode_logits`: fp32 logits [n, C] (top-k: the other classes get the stored tail mean)."""
+    values = tensors["logits"].float()
+    if "scale" in tensors:
+        values = values * tensors["scale"].float()[:, None]
+    if "indices" not in tensors:
+        return values
+    full = tensors["tail"].float()[:, None].expand(len(values), num_classes).clone()
+    full.scatter_(1, tensors["indices"].long(), values)
+    return full
+
+
+# --------------------------------------------------------------------------------------------------------
+# One epoch of labels (written by relabel, read by the store, generated in memory for baselines)
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochLabels:
+    """An epoch's plan and the teacher's fp32 logits on each slot's mixed view ([N, C], slot order)."""
+
+    plan: EpochPlan
+    logits: torch.Tensor
+
+    def batch_logits(self, b: int) -> torch.Tensor:
+        return self.logits[self.plan.batch_slots(b)]
+
+
+TeacherFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def teacher_fn(teacher: torch.nn.Module, mean, std, *, train_mode: bool = False) -> TeacherFn:
+    """Wrap a teacher as ``pixels in [0, 1] → logits``, normalising with the teacher's own statistics."""
+    mean = getattr(teacher, "mean", None) or mean
+    std = getattr(teacher, "std", None) or std
+    teacher.train(train_mode)
+
+    @torch.no_grad()
+    def run(pixels: torch.Tensor) -> torch.Tensor:
+        return teacher(normalize(pixels, mean, std)).float()
+
+    return run
+
+
+def label_epoch(
+    images_uint8: torch.Tensor, teacher: TeacherFn, fmt: LabelFormat, epoch: int, device=None
+) -> dict[str, torch.Tensor]:
+    """The tensors of one epoch file: the plan and the encoded teacher logits on every mixed batch."""
+    plan = make_epoch_plan(fmt.num_images, fmt.batch_size, fmt.view_spec(), fmt.seed, epoch, fmt.image_size)
+    logits = torch.cat([teacher(render_batch(images_uint8, plan, b, device)).cpu() for b in range(plan.num_batches)])
+    return {**plan.tensors(), **encode_logits(logits, fmt.topk, fmt.label_dtype)}
+
+
+def label_compact(images_uint8: torch.Tensor, teacher: TeacherFn, fmt: LabelFormat, device=None) -> dict[str, torch.Tensor]:
+    """One soft label per image, the teacher on the un-augmented image (dataset order)."""
+    chunks = []
+    for start in range(0, len(images_uint8), max(1, fmt.batch_size)):
+        x = images_uint8[start : start + fmt.batch_size].to(device or images_uint8.device).float() / 255.0
+        chunks.append(teacher(x).cpu())
+    return encode_logits(torch.cat(chunks), fmt.topk, fmt.label_dtype)
+
+
+def write_label_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Atomic safetensors write (temp file + rename), readable by others (safetensors creates 0600 files)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+class InMemoryLabels:
+    """Epoch labels generated on demand with the same format (the stored-label protocol for a baseline set
+    that has no label files, e.g. the random real subset). Passes through the same encoding, so the baseline
+    sees the same precision loss as the stored labels."""
+
+    def __init__(self, images_uint8: torch.Tensor, teacher: TeacherFn, fmt: LabelFormat, device=None):
+        self.images, self.teacher, self.format, self.device = images_uint8, teacher, fmt, device
+
+    def epoch(self, e: int) -> EpochLabels:
+        e = e % self.format.num_epochs
+        tensors = label_epoch(self.images, self.teacher, self.format, e, self.device)
+        return EpochLabels(EpochPlan.from_tensors(tensors, self.format.batch_size), decode_logits(tensors, self.format.num_classes))
+
+    def compact_logits(self) -> torch.Tensor:
+        return decode_logits(label_compact(self.images, self.teacher, self.format, self.device), self.format.num_classes)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading and validating
+# --------------------------------------------------------------------------------------------------------
+
+
+class SoftLabelStore:
+    """Reads a ``soft_labels/`` folder and checks it before any training step uses it.
+
+    Args:
+        folder: the ``soft_labels`` folder (or the distilled-set folder that contains it).
+        num_images, num_classes: what the distilled set has; a mismatch is an error.
+        require_complete: every epoch ``0..num_epochs-1`` must exist (false while relabel is resuming).
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        *,
+        num_images: int | None = None,
+        num_classes: int | None = None,
+        require_complete: bool = True,
+    ):
+        folder = Path(folder)
+        if (folder / LABELS_DIRNAME).is_dir():
+            folder = folder / LABELS_DIRNAME
+        self.folder = folder
+        if not folder.is_dir():
+            raise SoftLabelError(f"no soft-label folder at {folder}; create it with `hf-scdd relabel`")
+        compact = folder / COMPACT_FILE
+        files = sorted(folder.glob("epoch_*.safetensors"))
+        if not files and not compact.exists():
+            raise SoftLabelError(
+                f"{folder} holds no soft-label files (epoch_XXXX.safetensors or {COMPACT_FILE}); run `hf-scdd relabel`"
+            )
+        self.mode = "fkd" if files else "compact"
+        self.paths = {int(p.stem.split("_")[1]): p for p in files}
+        sources = list(self.paths.values()) or [compact]
+        self.format = read_header(sources[0])
+        for path in sources[1:]:
+            other = read_header(path)
+            if other != self.format:
+                raise SoftLabelError(
+                    f"{path.name} and {sources[0].name} in {folder} were written with different settings; "
+                    "delete the folder and rerun `hf-scdd relabel`"
+                )
+        self._check_counts(num_images, num_classes)
+        if require_complete and self.mode == "fkd":
+            missing = [e for e in range(self.format.num_epochs) if e not in self.paths]
+            if missing:
+                shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+                raise SoftLabelError(
+                    f"{folder} is missing {len(missing)} of {self.format.num_epochs} epoch files (epochs {shown}); "
+                    "rerun the same `hf-scdd relabel` command to complete them"
+                )
+
+    def _check_counts(self, num_images: int | None, num_classes: int | None) -> None:
+        fmt = self.format
+        if num_images is not None and fmt.num_images != num_images:
+            raise SoftLabelError(
+                f"soft labels in {self.folder} are for {fmt.num_images} images but the distilled set has "
+                f"{num_images}: they belong to another (or a changed) distilled set; rerun `hf-scdd relabel` on it"
+            )
+        if num_classes is not None and fmt.num_classes != num_classes:
+            raise SoftLabelError(
+                f"soft labels in {self.folder} have {fmt.num_classes} classes but the dataset has {num_classes}: "
+                "the teacher was trained on another label set; relabel with a teacher for these classes"
+            )
+
+    @property
+    def num_epochs(self) -> int:
+        return self.format.num_epochs if self.mode == "fkd" else 1
+
+    def _load(self, path: Path) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise SoftLabelError(f"{path} cannot be read ({err}); delete it and rerun `hf-scdd relabel`") from err
+
+    def epoch(self, e: int) -> EpochLabels:
+        """Epoch ``e`` (cycled over the stored epochs when training runs longer than they cover)."""
+        if self.mode != "fkd":
+            raise SoftLabelError(f"{self.folder} holds compact labels (one per image), not per-epoch records")
+        e = e % self.format.num_epochs
+        tensors = self._load(self.paths[e])
+        n, fmt = self.format.num_images, self.format
+        k = fmt.topk if 0 < fmt.topk < fmt.num_classes else fmt.num_classes
+        expected = {"order": (n,), "crop": (n, 4), "flip": (n,), "mix_index": (n,), "logits": (n, k)}
+        for name, shape in expected.items():
+            if name not in tensors or tuple(tensors[name].shape) != shape:
+                got = tuple(tensors[name].shape) if name in tensors else "missing"
+                raise SoftLabelError(
+                    f"{self.paths[e]}: tensor {name!r} should have shape {shape}, found {got}; "
+                    "delete the file and rerun `hf-scdd relabel`"
+                )
+        return EpochLabels(EpochPlan.from_tensors(tensors, fmt.batch_size), decode_logits(tensors, fmt.num_classes))
+
+    def compact_logits(self) -> torch.Tensor:
+        """Per-image logits [N, C] in dataset order (compact mode)."""
+        if self.mode != "compact":
+            raise SoftLabelError(f"{self.folder} holds per-epoch records, not compact labels")
+        tensors = self._load(self.folder / COMPACT_FILE)
+        if tensors["logits"].shape[0] != self.format.num_images:
+            raise SoftLabelError(f"{self.folder / COMPACT_FILE} is damaged (wrong row count); rerun `hf-scdd relabel`")
+        return decode_logits(tensors, self.format.num_classes)
+
+    def nbytes(self) -> int:
+        files = list(self.paths.values()) or [self.folder / COMPACT_FILE]
+        return sum(p.stat().st_size for p in files)
+
+
+def read_header(path: Path) -> LabelFormat:
+    """The validated format of one label file (checks that the file is complete, not only its header)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SoftLabelError(
+            f"{path} is truncated or not a safetensors file ({err}); delete it and rerun `hf-scdd relabel`"
+        ) from err
+    return LabelFormat.from_metadata(meta, str(path))
+
+
+def replay(images_uint8: torch.Tensor, labels: EpochLabels, device=None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(mixed views in [0, 1], stored teacher logits)`` batch by batch, exactly as relabel made them."""
+    for b in range(labels.plan.num_batches):
+        yield render_batch(images_uint8, labels.plan, b, device), labels.batch_logits(b)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Stage
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RelabelConfig(PostTrainViewFields, StageConfig):
+    """``hf-scdd relabel``: store a teacher's soft labels next to a distilled set."""
+
+    distilled: str | None = field(default=None, metadata={"help": "Distilled set: folder or Hub dataset id."})
+    revision: str | None = field(default=None, metadata={"help": "Revision of a Hub distilled set."})
+    teacher: str | None = field(default=None, metadata={"help": "Teacher backbone with a classifier: folder or Hub id."})
+    teacher_revision: str | None = field(default=None, metadata={"help": "Revision of a Hub teacher."})
+    labels_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where to write; default <distilled>/soft_labels, or <output_dir>/soft_labels for a Hub id."},
+    )
+    mode: str = field(default="fkd", metadata={"help": "'fkd' (per-epoch views + logits) or 'compact' (one per image)."})
+    epochs: int = field(default=300, metadata={"help": "Epochs of labels to store (training cycles through them)."})
+    temperature: float = field(default=20.0, metadata={"help": "KD temperature recorded for training (20 IN, 30 CIFAR)."})
+    topk: int = field(default=0, metadata={"help": "Store only the top-k logits (+ the mean of the rest); 0 = all."})
+    label_dtype: str = field(default="fp16", metadata={"help": "'fp16' or 'int8' (per-row scale) logit values."})
+
+
+def distilled_images(dataset, channels: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode a distilled ``datasets.Dataset`` (image + ClassLabel) to uint8 [N, C, S, S] and int64 [N]."""
+    from .data import decode_images
+
+    return decode_images(dataset.select_columns(["image", "label"]), channels, image_size)
+
+
+def image_nbytes(dataset) -> int:
+    """Bytes of the encoded images (PNG/JPEG) of a distilled set, the denominator of the labels' cost."""
+    import datasets
+
+    raw = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+    return sum(len(x["image"]["bytes"] or b"") for x in raw)
+
+
+def load_distilled_set(name_or_path: str, revision: str | None = None):
+    """``(train Dataset, soft_labels folder or None, resolved revision)`` from a folder or the Hub.
+
+    Uses :func:`hf_scdd.hub.load_distilled` (one resolved revision for table and labels) when available.
+    """
+    try:
+        from .hub import load_distilled
+    except ImportError:
+        load_distilled = None
+    if load_distilled is not None:
+        ds, labels, rev = load_distilled(name_or_path, revision=revision)
+        return ds, (str(labels) if labels else None), rev
+    if not os.path.isdir(name_or_path):
+        raise ConfigError(f"distilled set {name_or_path!r} is not a folder (and hf_scdd.hub is unavailable)")
+    import datasets
+
+    ds = datasets.load_dataset(str(name_or_path), split="train")
+    labels = Path(name_or_path) / LABELS_DIRNAME
+    return ds, (str(labels) if labels.is_dir() else None), None
+
+
+def resolve_labels_dir(config: RelabelConfig) -> Path:
+    if config.labels_dir:
+        return Path(config.labels_dir)
+    if config.distilled and os.path.isdir(config.distilled):
+        return Path(config.distilled) / LABELS_DIRNAME
+    return Path(config.output_dir) / LABELS_DIRNAME
+
+
+def relabel(
+    config: RelabelConfig,
+    *,
+    images: torch.Tensor,
+    teacher: torch.nn.Module,
+    labels_dir: str | os.PathLike,
+    image_bytes: int | None = None,
+    accelerator=None,
+) -> dict[str, Any]:
+    """Write the label files for ``images`` (uint8) into ``labels_dir``; returns the bytes report."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    if config.mode not in ("fkd", "compact"):
+        raise ConfigError(f"--mode must be 'fkd' or 'compact', got {config.mode!r}")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise ConfigError("--epochs and --batch_size must be >= 1")
+    state = PartialState() if accelerator is None else accelerator.state
+    labels_dir = Path(labels_dir)
+    if state.is_main_process:
+        labels_dir.mkdir(parents=True, exist_ok=True)
+        check_or_write_config(config, labels_dir, name="relabel_config.json")
+    state.wait_for_everyone()
+    fmt = make_format(config, images, teacher)
+    run = teacher_fn(teacher.to(state.device), getattr(teacher, "mean", None), getattr(teacher, "std", None))
+    if config.mode == "compact":
+        if state.is_main_process and not _valid(labels_dir / COMPACT_FILE, fmt):
+            write_label_file(labels_dir / COMPACT_FILE, label_compact(images, run, fmt, state.device), fmt.metadata())
+    else:
+        mine = [e for e in range(config.epochs) if e % state.num_processes == state.process_index]
+        todo = [e for e in mine if not _valid(labels_dir / epoch_file(e), fmt)]
+        for e in tqdm(todo, desc="relabel", disable=not state.is_local_main_process):
+            tensors = label_epoch(images, run, fmt, e, state.device)
+            write_label_file(labels_dir / epoch_file(e), tensors, fmt.metadata(epoch=e))
+    state.wait_for_everyone()
+    store = SoftLabelStore(labels_dir, num_images=len(images), num_classes=fmt.num_classes)
+    report = bytes_report(store, image_bytes)
+    if state.is_main_process:
+        atomic_write_text(labels_dir / "label_bytes.json", json.dumps(report, indent=2) + "\n")
+        print(format_bytes_report(report))
+    state.wait_for_everyone()
+    return report
+
+
+def make_format(config: RelabelConfig, images: torch.Tensor, teacher: torch.nn.Module) -> LabelFormat:
+    num_classes = int(getattr(teacher, "num_classes", 0) or 0)
+    if num_classes <= 0:
+        with torch.no_grad():
+            num_classes = int(teacher.eval()(torch.zeros(1, *images.shape[1:])).shape[1])
+    view = asdict(config.view_spec())
+    view["ratio"] = list(view["ratio"])
+    return LabelFormat(
+        mode=config.mode, num_images=len(images), num_classes=num_classes,
+        num_epochs=config.epochs if config.mode == "fkd" else 1, batch_size=config.batch_size,
+        image_size=int(images.shape[-1]), seed=config.seed, temperature=config.temperature, topk=config.topk,
+        label_dtype=config.label_dtype, teacher=str(config.teacher), teacher_revision=str(config.teacher_revision),
+        view=view,
+    )
+
+
+def _valid(path: Path, fmt: LabelFormat) -> bool:
+    """A finished file of this very format (a truncated or foreign one is redone)."""
+    if not path.exists():
+        return False
+    try:
+        return read_header(path) == fmt
+    except SoftLabelError:
+        return False
+
+
+def bytes_report(store: SoftLabelStore, image_bytes: int | None) -> dict[str, Any]:
+    fmt = store.format
+    label_bytes = store.nbytes()
+    return {
+        "mode": fmt.mode,
+        "label_bytes": label_bytes,
+        "image_bytes": image_bytes,
+        "labels_per_image_bytes": label_bytes / fmt.num_images,
+        "labels_over_images": (label_bytes / image_bytes) if image_bytes else None,
+        "epochs": store.num_epochs,
+        "num_images": fmt.num_images,
+        "num_classes": fmt.num_classes,
+        "topk": fmt.topk,
+        "label_dtype": fmt.label_dtype,
+    }
+
+
+def format_bytes_report(report: dict[str, Any]) -> str:
+    text = f"soft labels: {report['label_bytes']:,} bytes ({report['epochs']} epoch(s), {report['mode']})"
+    if report.get("image_bytes"):
+        text += f"; images: {report['image_bytes']:,} bytes; labels/images = {report['labels_over_images']:.2f}x"
+    return text
+
+
+def main(config: RelabelConfig) -> dict[str, Any]:
+    """``hf-scdd relabel --distilled FOLDER_OR_REPO --teacher FOLDER_OR_REPO``."""
+    from .core.loops import make_accelerator
+    from .models import load_backbone
+
+    if not config.distilled or not config.teacher:
+        raise ConfigError("relabel needs --distilled FOLDER_OR_REPO and --teacher FOLDER_OR_REPO")
+    labels_dir = resolve_labels_dir(config)
+    accelerator = make_accelerator(
+        labels_dir, cpu=config.cpu, mixed_precision=config.mixed_precision, report_to="none", run_name="relabel"
+    )
+    dataset, _, _ = load_distilled_set(config.distilled, config.revision)
+    teacher = load_backbone(config.teacher, revision=config.teacher_revision)
+    channels = int(getattr(teacher, "in_channels", 0) or (1 if dataset[0]["image"].mode == "L" else 3))
+    image_size = int(max(dataset[0]["image"].size))
+    images, _ = distilled_images(dataset, channels, image_size)
+    report = relabel(
+        config, images=images, teacher=teacher, labels_dir=labels_dir,
+        image_bytes=image_nbytes(dataset), accelerator=accelerator,
+    )
+    if config.push_to_hub and accelerator.is_main_process:
+        from huggingface_hub import HfApi
+
+        HfApi().upload_folder(
+            repo_id=config.push_to_hub, repo_type="dataset", folder_path=str(labels_dir),
+            path_in_repo=LABELS_DIRNAME, commit_message="Add soft labels (hf-scdd relabel)",
+        )
+    return report

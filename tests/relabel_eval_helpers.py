@@ -1,0 +1,77 @@
+"""Tiny on-disk datasets and models for the relabel/evaluate tests (owner: relabel/evaluate)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+
+def synthetic_images(n_per_class: int, num_classes: int = 3, size: int = 12, seed: int = 0):
+    """Learnable grey images: class c has a bright square in a class-specific place, plus noise."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for c in range(num_classes):
+        for _ in range(n_per_class):
+            img = rng.integers(0, 60, size=(size, size)).astype(np.uint8)
+            r0 = (c * size // num_classes) % (size - 4)
+            c0 = rng.integers(0, size - 4)
+            img[r0 : r0 + 4, c0 : c0 + 4] = 230
+            images.append(img)
+            labels.append(c)
+    return images, labels
+
+
+def _png(array) -> dict:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def _dataset(images, labels, num_classes: int, extra: dict | None = None):
+    import datasets
+
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=[f"c{i}" for i in range(num_classes)])}
+    columns = {"image": [_png(x) for x in images], "label": labels}
+    for name, values in (extra or {}).items():
+        features[name] = datasets.Value("int64")
+        columns[name] = values
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+def write_image_dataset(folder: Path, n_train_per_class: int = 20, n_test_per_class: int = 10,
+                        num_classes: int = 3, size: int = 12) -> Path:
+    """A real-data stand-in in the Hub parquet layout (train + test splits)."""
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train_per_class, 1), ("test", n_test_per_class, 2)):
+        images, labels = synthetic_images(n, num_classes, size, seed)
+        _dataset(images, labels, num_classes).to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+def write_distilled(folder: Path, ipc: int = 4, num_classes: int = 3, size: int = 12, seed: int = 7) -> Path:
+    """A distilled-set-like folder: data/train-*.parquet with image, label, ipc_index, unit_seed."""
+    images, labels = synthetic_images(ipc, num_classes, size, seed)
+    ipc_index = [i % ipc for i in range(len(labels))]
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    _dataset(images, labels, num_classes, {"ipc_index": ipc_index, "unit_seed": ipc_index}).to_parquet(
+        str(folder / "data" / "train-00000-of-00001.parquet")
+    )
+    return folder
+
+
+def tiny_teacher(folder: Path | None = None, num_classes: int = 3, size: int = 12, seed: int = 0):
+    """An untrained resnet10 (width 4) teacher, saved with save_pretrained when ``folder`` is given."""
+    import torch
+
+    from hf_scdd.models import ResNet
+
+    torch.manual_seed(seed)
+    model = ResNet("resnet10", num_classes=num_classes, in_channels=1, width=4, image_size=size,
+                   mean=[0.2], std=[0.3], class_names=[f"c{i}" for i in range(num_classes)]).eval()
+    if folder is not None:
+        model.save_pretrained(folder)
+    return model

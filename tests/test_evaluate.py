@@ -1,0 +1,139 @@
+"""Post-training: the three label modes learn, metrics are honest, 2-process runs score the full test set."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_scdd.evaluate import (
+    EvaluateConfig,
+    TargetSource,
+    aggregate,
+    kd_loss,
+    protocol_metrics,
+    summarize_history,
+)
+from hf_scdd.relabel import RelabelConfig, SoftLabelStore, relabel, teacher_fn
+from relabel_eval_helpers import synthetic_images, tiny_teacher, write_distilled, write_image_dataset
+
+
+def test_kd_loss_is_sc_dd_kl_batchmean():
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    T = 3.0
+    p = F.softmax(t / T, 1)
+    manual = (p * (p.log() - F.log_softmax(s / T, 1))).sum() / 4
+    torch.testing.assert_close(kd_loss(s, p, T), manual)
+    torch.testing.assert_close(kd_loss(s, p, T, t2=True), manual * T * T)
+
+
+@pytest.mark.parametrize("mode", ["online", "stored", "hard"])
+def test_each_label_mode_lowers_the_loss(tmp_path, mode):
+    from hf_scdd.models import ResNet
+
+    images_np, labels_list = synthetic_images(4, 3, 12, seed=5)
+    images = torch.stack([torch.from_numpy(x)[None] for x in images_np])
+    labels = torch.tensor(labels_list)
+    teacher = tiny_teacher(seed=1)
+    store = None
+    if mode == "stored":
+        config = RelabelConfig(distilled="x", teacher="tiny", epochs=1, batch_size=6, temperature=4.0, cpu=True)
+        relabel(config, images=images, teacher=teacher, labels_dir=tmp_path / "labels")
+        store = SoftLabelStore(tmp_path / "labels", num_images=12, num_classes=3)
+    spec = EvaluateConfig(batch_size=6).view_spec()
+    source = TargetSource(
+        mode, images=images, labels=labels, batch_size=6, view_spec=spec, seed=0, temperature=4.0,
+        teacher=teacher_fn(teacher, teacher.mean, teacher.std), store=store,
+    )
+    torch.manual_seed(0)
+    student = ResNet("resnet10", num_classes=3, in_channels=1, width=4, image_size=12)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    source.start_epoch(0)
+
+    def preprocess(x):
+        return (x - 0.2) / 0.3
+
+    losses = []
+    for _ in range(25):  # the same recorded batch each step: the loss must fall
+        loss = source.loss(student.train(), 0, preprocess, "cpu")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_final_and_best_are_reported_separately():
+    history = [
+        {"epoch": 1, "loss": 2.0},
+        {"epoch": 2, "loss": 1.5, "top1": 0.60, "test_count": 50},
+        {"epoch": 3, "loss": 1.2},
+        {"epoch": 4, "loss": 1.0, "top1": 0.55, "test_count": 50},
+    ]
+    summary = summarize_history(history)
+    assert summary["final_top1"] == 0.55 and summary["final_epoch"] == 4
+    assert summary["best_top1"] == 0.60 and summary["best_epoch"] == 2
+    assert summary["curve"] == [[2, 0.60], [4, 0.55]]
+    runs = {
+        "distilled/hard": [dict(summary, seed=0, epochs=4, num_images=9), dict(summary, seed=1, final_top1=0.45,
+                                                                                epochs=4, num_images=9)],
+        "random/hard": [dict(summary, seed=0, final_top1=0.40, epochs=4, num_images=9)],
+        "full/hard": [dict(summary, seed=0, final_top1=0.90, epochs=4, num_images=90)],
+    }
+    table = aggregate(runs)
+    assert table["distilled/hard"]["final_top1_mean"] == pytest.approx(0.50)
+    assert table["distilled/hard"]["final_top1_std"] == pytest.approx(0.0707, abs=1e-3)
+    metrics = protocol_metrics(table, ["hard"])
+    assert metrics["IOR/hard"] == pytest.approx(0.10) and metrics["HLR"] == pytest.approx(0.40)
+
+
+def test_student_card_metadata():
+    from hf_scdd.cards import StudentCardData, render_student_card
+
+    card = render_student_card(StudentCardData(
+        arch="resnet18", stem="cifar", width=64, num_classes=10, dataset="zalando-datasets/fashion_mnist",
+        distilled="me/fmnist-scdd-ipc10", teacher="me/resnet18-fmnist", label_mode="stored", epochs=300,
+        temperature=20.0, batch_size=64, mix="cutmix", seeds=[0, 1, 2], final_top1_mean=0.81, final_top1_std=0.01,
+        best_top1_mean=0.82, best_top1_std=0.01, test_size=10000, metrics={"IOR/stored": 0.03},
+    ))
+    assert card.data.base_model == "me/resnet18-fmnist"
+    assert card.data.datasets == ["me/fmnist-scdd-ipc10", "zalando-datasets/fashion_mnist"]
+    assert card.data.eval_results[0].metric_value == 0.81
+    assert "model-index" in str(card) and "81.00 ± 1.00" in str(card)
+
+
+def test_two_process_evaluate_scores_the_whole_test_set(tmp_path, hub_env):
+    real = write_image_dataset(tmp_path / "real", n_train_per_class=8, n_test_per_class=17)  # 51 test images
+    distilled = write_distilled(tmp_path / "dist", ipc=3)
+    out = tmp_path / "eval"
+    env = {**hub_env, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), hub_env.get("PYTHONPATH", "")])}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(29600 + random.randint(0, 2000)),
+        "-m", "hf_scdd", "evaluate", "--distilled", str(distilled), "--dataset", str(real),
+        "--label_modes", "hard", "--arch", "resnet10", "--width", "4", "--epochs", "2", "--eval_every", "1",
+        "--batch_size", "4", "--eval_batch_size", "8", "--seeds", "0", "--output_dir", str(out),
+        "--report_to", "none",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    assert report["test_size"] == 51 and report["num_processes"] == 2
+    for key in ("distilled/hard", "random/hard"):
+        row = report["results"][key]
+        assert row["test_count"] == 51, row
+        for run in report["runs"][key]:
+            assert run["curve"] and len(run["curve"]) == 2
+    assert (out / "results.md").exists() and (out / "curves.png").stat().st_size > 0
+    student = json.loads((out / "student" / "config.json").read_text())
+    assert student["arch"] == "resnet10" and student["training"]["label_mode"] == "hard"
+    assert "model-index" in (out / "student" / "README.md").read_text()

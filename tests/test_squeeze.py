@@ -1,0 +1,235 @@
+"""Squeeze stage: MoCo v2 BN handling, loss, supervised control, frozen-BN probe, multi-process, resume.
+
+All runs use a tiny synthetic image folder (4 classes of 16x16 grey images whose class is the quadrant of a
+bright square), so the tests need neither Fashion-MNIST nor more than a few seconds of CPU each.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hf_scdd.models import ResNet
+from hf_scdd.squeeze import (
+    BACKBONE_DIR,
+    MODEL_DIR,
+    ProbeConfig,
+    ProjectionEncoder,
+    SplitBatchNorm2d,
+    SqueezeConfig,
+    fold_standardization,
+    inverse_permutation,
+    probe,
+    shuffled_keys,
+    use_split_batchnorm,
+)
+from hf_scdd.squeeze import main as squeeze
+
+TINY = dict(arch="resnet10", width=4, batch_size=32, moco_k=64, moco_dim=16, bn_splits=4, cpu=True, report_to="jsonl")
+
+
+def _write_split(root: Path, per_class: int, rng: np.random.Generator) -> None:
+    from PIL import Image
+
+    for c in range(4):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (16, 16)).astype(np.uint8)
+            r, q = divmod(c, 2)
+            top, left = 8 * r + int(rng.integers(0, 3)), 8 * q + int(rng.integers(0, 3))
+            img[top : top + 5, left : left + 5] = 255
+            Image.fromarray(img, mode="L").save(folder / f"{i}.png")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> str:
+    """An image folder with train (32/class) and test (8/class) splits of 4 classes."""
+    root = tmp_path_factory.mktemp("tiny_images")
+    rng = np.random.default_rng(0)
+    _write_split(root / "train", 32, rng)
+    _write_split(root / "test", 8, rng)
+    return str(root)
+
+
+def _metrics(output_dir: Path) -> list[dict]:
+    path = next((output_dir / "logs").glob("*.metrics.jsonl"))
+    return [json.loads(line) for line in path.read_text().splitlines() if '"loss"' in line]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# BatchNorm handling
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_split_batchnorm_equals_plain_bn_per_group():
+    torch.manual_seed(0)
+    plain = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5), plain.bias.uniform_(-1, 1)
+        plain.running_mean.uniform_(-1, 1), plain.running_var.uniform_(0.5, 2)
+    split = SplitBatchNorm2d(3, num_splits=4)
+    split.load_state_dict(plain.state_dict())
+    x = torch.randn(16, 3, 5, 5) * 3 + 1
+    out = split.train()(x)
+    groups = [copy.deepcopy(plain).train() for _ in range(4)]
+    expected = torch.empty_like(x)
+    for s, bn in enumerate(groups):
+        expected[s::4] = bn(x[s::4])  # sample n is in group n % 4
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(split.running_mean, torch.stack([g.running_mean for g in groups]).mean(0))
+    torch.testing.assert_close(split.running_var, torch.stack([g.running_var for g in groups]).mean(0))
+    assert int(split.num_batches_tracked) == 1
+    split.eval()
+    plain.load_state_dict(split.state_dict())
+    torch.testing.assert_close(split(x), plain.eval()(x))  # eval mode: plain BN with running stats
+
+
+def test_shuffled_keys_equal_per_split_computation():
+    """Keys computed with shuffle + split BN == encoding each BN group of the permuted batch on its own."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    backbone = ResNet("resnet10", num_classes=0, in_channels=1, width=4, image_size=16)
+    encoder = ProjectionEncoder(use_split_batchnorm(backbone, 4), dim=8).train()
+    reference = use_split_batchnorm(copy.deepcopy(encoder), 1).train()
+    views = torch.randn(16, 1, 16, 16)
+    keys = shuffled_keys(Accelerator(cpu=True), encoder, views, torch.Generator().manual_seed(3))
+
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(3))
+    permuted = views[perm]
+    expected = torch.empty(16, 8)
+    with torch.no_grad():
+        for s in range(4):
+            expected[s::4] = reference(permuted[s::4])
+    expected = expected[inverse_permutation(perm)]
+    torch.testing.assert_close(keys, expected, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # and the shuffle matters: unshuffled split groups give other keys
+        unshuffled = encoder(views)
+    assert not torch.allclose(keys, unshuffled, atol=1e-4)
+
+
+def test_fold_standardization_is_exact():
+    head = nn.Linear(6, 3)
+    mean, std = torch.randn(6), torch.rand(6) + 0.5
+    x = torch.randn(10, 6)
+    weight, bias = fold_standardization(head, mean, std)
+    torch.testing.assert_close(x @ weight.T + bias, head((x - mean) / std), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# In-process runs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_mocov2_loss_decreases_and_saves_backbone(tiny_dataset, tmp_path):
+    out = tmp_path / "moco"
+    config = SqueezeConfig(output_dir=str(out), dataset=tiny_dataset, epochs=8, lr=0.1, **TINY)
+    path = squeeze(config)
+    losses = [row["loss"] for row in _metrics(out)]
+    assert len(losses) == 8 * (128 // 32)
+    assert np.mean(losses[-4:]) < np.mean(losses[2:6]) - 0.05, losses  # after the queue is filled (2 steps)
+    model = ResNet.from_pretrained(path)
+    assert model.num_classes == 0 and model.training_info["method"] == "mocov2"
+    assert model.training_info["epochs"] == 8 and model.training_info["config"]["moco_k"] == 64
+    assert not any(isinstance(m, SplitBatchNorm2d) for m in model.modules())
+    assert not (out / "checkpoints").exists()  # removed once the backbone is written
+    assert json.loads((out / "config.json").read_text())["config"]["method"] == "mocov2"
+    assert squeeze(config) == path  # a rerun finds the finished output
+
+
+def test_probe_keeps_backbone_bit_identical_and_pushes(tiny_dataset, tmp_path, fake_hub, hub_repo_id):
+    # A supervised squeeze (the control) gives a real backbone with non-trivial BN statistics.
+    sq = SqueezeConfig(output_dir=str(tmp_path / "sup"), dataset=tiny_dataset, method="supervised", epochs=2, **TINY)
+    backbone_dir = squeeze(sq)
+    before = ResNet.from_pretrained(backbone_dir).state_dict()
+    assert int(before["bn1.num_batches_tracked"]) == 2 * (128 // 32)
+
+    config = ProbeConfig(
+        output_dir=str(tmp_path / "probe"), backbone=str(tmp_path / "sup"), dataset=tiny_dataset, epochs=3,
+        batch_size=32, cpu=True, push_to_hub=hub_repo_id,
+    )
+    model_dir = probe(config)
+    assert model_dir == tmp_path / "probe" / MODEL_DIR
+    after = ResNet.from_pretrained(model_dir)
+    state = after.state_dict()
+    bn_buffers = [k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(bn_buffers) == 3 * after.bn_layer_count()
+    for key, value in before.items():
+        if not key.startswith("fc."):
+            assert torch.equal(state[key], value), f"{key} changed during probing"
+    assert after.num_classes == 4 and after.fc.weight.shape == (4, after.num_features)
+    info = after.training_info
+    assert info["method"] == "supervised" and info["probe_epochs"] == 3
+    assert info["probe_top1"] > 0.4  # chance is 0.25
+    assert "linear-probe top-1" in (model_dir / "README.md").read_text()
+    files = fake_hub.files(hub_repo_id)
+    assert "model.safetensors" in files and "README.md" in files
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Subprocess runs: 2 processes, kill + resume
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _squeeze_args(tiny_dataset: str, out: Path, **extra) -> list[str]:
+    values = {**TINY, "dataset": tiny_dataset, "output_dir": str(out), **extra}
+    values.pop("cpu")
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def test_two_process_squeeze(tiny_dataset, tmp_path):
+    out = tmp_path / "ddp"
+    port = str(29600 + random.randint(0, 2000))
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
+        "-m", "hf_scdd", "squeeze", *_squeeze_args(tiny_dataset, out, epochs=2),
+    ]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    model = ResNet.from_pretrained(out / BACKBONE_DIR)
+    assert model.training_info["method"] == "mocov2"
+    # 128 images, global batch 32 -> 4 steps per epoch whatever the process count.
+    assert len(_metrics(out)) == 2 * 4
+
+
+def test_kill_and_resume(tiny_dataset, tmp_path):
+    out = tmp_path / "resume"
+    cmd = [sys.executable, "-m", "hf_scdd", "squeeze", *_squeeze_args(tiny_dataset, out, epochs=30, checkpoint_steps=1)]
+    first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    try:
+        while not list((out / "checkpoints").glob("step_*/DONE")):
+            assert first.poll() is None, "the run ended before writing a checkpoint"
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    assert not (out / BACKBONE_DIR).exists(), "the first run finished before it could be killed"
+
+    second = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    assert "resuming from" in log and "step_" in log
+    steps = [row["step"] for row in _metrics(out)]
+    assert steps[-1] == 30 * 4
+    assert steps.count(1) == 1  # the second run continued instead of starting over from step 1
+    assert ResNet.from_pretrained(out / BACKBONE_DIR).training_info["epochs"] == 30
