@@ -27,9 +27,11 @@ ARTIFACTS = HERE / "artifacts"
 
 
 def timed(fn, *args):
-    start = time.perf_counter()
+    """(result, wall seconds, CPU seconds of this process): on a shared machine CPU seconds / threads is a
+    load-independent estimate of the wall time an idle machine would take."""
+    wall, cpu = time.perf_counter(), time.process_time()
     result = fn(*args)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
@@ -58,9 +60,10 @@ def main() -> None:
     backbones = {}
     for method in ("mocov2", "supervised"):
         config = SqueezeConfig(output_dir=str(artifacts / f"squeeze_{method}"), method=method, **overrides)
-        backbones[method], seconds = timed(squeeze, config)
-        results["runs"][method] = {"squeeze_seconds": round(seconds, 1), "squeeze_config": config.to_dict()}
-        print(f"== squeeze {method}: {seconds:.1f} s")
+        backbones[method], seconds, cpu = timed(squeeze, config)
+        results["runs"][method] = {"squeeze_seconds": round(seconds, 1), "squeeze_cpu_seconds": round(cpu, 1),
+                                   "squeeze_config": config.to_dict()}
+        print(f"== squeeze {method}: {seconds:.1f} s wall, {cpu:.1f} s CPU")
 
     # The random-init control: same architecture, same data statistics, never trained.
     ref = SqueezeConfig(**overrides)
@@ -72,10 +75,12 @@ def main() -> None:
     for name in ("mocov2", "random", "supervised"):
         out = artifacts / f"probe_{name}"
         config = ProbeConfig(output_dir=str(out), backbone=str(backbones[name]), **probe_overrides)
-        _, seconds = timed(probe, config)
+        _, seconds, cpu = timed(probe, config)
         top1 = json.loads((out / "probe_results.json").read_text())["probe_top1"]
-        results["runs"].setdefault(name, {}).update(probe_seconds=round(seconds, 1), probe_top1=top1)
-        print(f"== probe {name}: top-1 {100 * top1:.2f} % ({seconds:.1f} s)")
+        results["runs"].setdefault(name, {}).update(
+            probe_seconds=round(seconds, 1), probe_cpu_seconds=round(cpu, 1), probe_top1=top1
+        )
+        print(f"== probe {name}: top-1 {100 * top1:.2f} % ({seconds:.1f} s wall, {cpu:.1f} s CPU)")
     shutil.rmtree(random_dir, ignore_errors=True)
     shutil.rmtree(artifacts / "probe_random", ignore_errors=True)
 

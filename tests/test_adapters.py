@@ -15,17 +15,28 @@ transformers = pytest.importorskip("transformers")
 LABELS = ["cat", "dog", "ship", "frog"]
 PREPROCESSOR = {
     "image_processor_type": "ConvNextImageProcessor",
-    "do_resize": True, "size": {"shortest_edge": 64}, "crop_pct": 0.875, "resample": 3,
-    "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-    "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.3],
+    "do_resize": True,
+    "size": {"shortest_edge": 64},
+    "crop_pct": 0.875,
+    "resample": 3,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.5, 0.4, 0.3],
+    "image_std": [0.2, 0.25, 0.3],
 }
 
 
 def tiny_resnet_classifier(seed: int = 0):
     torch.manual_seed(seed)
     config = transformers.ResNetConfig(
-        embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], layer_type="basic", num_labels=4,
-        id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)},
+        embedding_size=8,
+        hidden_sizes=[8, 16, 16, 16],
+        depths=[1, 1, 1, 1],
+        layer_type="basic",
+        num_labels=4,
+        id2label=dict(enumerate(LABELS)),
+        label2id={n: i for i, n in enumerate(LABELS)},
     )
     model = transformers.ResNetForImageClassification(config)
     model.train()
@@ -57,7 +68,9 @@ def test_load_backbone_dispatches_to_adapter_with_same_logits(saved_classifier):
     assert torch.equal(logits, expected)
     # the BN running statistics came from the checkpoint, not a fresh init
     bn = next(m for m in adapter.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    assert bn.num_batches_tracked.item() == 3 and not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    assert bn.num_batches_tracked.item() == 3 and not torch.allclose(
+        bn.running_var, torch.ones_like(bn.running_var)
+    )
 
 
 def test_attributes_from_configs(saved_classifier):
@@ -88,8 +101,15 @@ def test_model_without_batchnorm_is_refused(tmp_path, kind):
         config = transformers.ConvNextConfig(hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], num_labels=2)
         model = transformers.ConvNextForImageClassification(config)
     else:
-        config = transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=8, num_hidden_layers=1,
-                                        num_attention_heads=2, intermediate_size=16, num_labels=2)
+        config = transformers.ViTConfig(
+            image_size=16,
+            patch_size=8,
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            num_labels=2,
+        )
         model = transformers.ViTForImageClassification(config)
     model.save_pretrained(tmp_path)
     with pytest.raises(BackboneError, match=f"\\({kind}\\) has no BatchNorm2d layer"):
@@ -97,8 +117,9 @@ def test_model_without_batchnorm_is_refused(tmp_path, kind):
 
 
 def test_bare_backbone_checkpoint_is_refused(tmp_path):
-    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
-                                       layer_type="basic", num_labels=4)
+    config = transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], layer_type="basic", num_labels=4
+    )
     transformers.ResNetModel(config).save_pretrained(tmp_path)  # no classification head
     with pytest.raises(BackboneError, match=r"2 missing.*classifier\.1\.bias"):
         load_backbone(str(tmp_path))
@@ -106,11 +127,17 @@ def test_bare_backbone_checkpoint_is_refused(tmp_path):
 
 def test_remote_code_is_never_executed(tmp_path):
     sentinel = tmp_path / "executed"
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "evil-net",
-        "auto_map": {"AutoConfig": "modeling_evil.EvilConfig",
-                     "AutoModelForImageClassification": "modeling_evil.EvilModel"},
-    }))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil-net",
+                "auto_map": {
+                    "AutoConfig": "modeling_evil.EvilConfig",
+                    "AutoModelForImageClassification": "modeling_evil.EvilModel",
+                },
+            }
+        )
+    )
     (tmp_path / "modeling_evil.py").write_text(f"open({str(sentinel)!r}, 'w').write('ran')\n")
     with pytest.raises(BackboneError, match="could not load"):
         load_backbone(str(tmp_path))

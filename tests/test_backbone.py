@@ -1,4 +1,4 @@
-"""hf_scdd's ResNet: torchvision compatibility, Hub round trip with BN buffers, errors, card, load_backbone."""
+"""hf_scdd's ResNet: torchvision compatibility, round trip with BN buffers, errors, card, load_backbone."""
 
 from __future__ import annotations
 
@@ -13,13 +13,28 @@ from hf_scdd.models.importers import import_torchvision_state_dict
 
 # The first and last keys of torchvision.models.resnet18().state_dict(), copied from torchvision.
 TORCHVISION_RESNET18_FIRST = [
-    "conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
-    "layer1.0.conv1.weight", "layer1.0.bn1.weight", "layer1.0.bn1.bias", "layer1.0.bn1.running_mean",
+    "conv1.weight",
+    "bn1.weight",
+    "bn1.bias",
+    "bn1.running_mean",
+    "bn1.running_var",
+    "bn1.num_batches_tracked",
+    "layer1.0.conv1.weight",
+    "layer1.0.bn1.weight",
+    "layer1.0.bn1.bias",
+    "layer1.0.bn1.running_mean",
 ]
 TORCHVISION_RESNET18_LAST = [
-    "layer4.1.bn1.running_var", "layer4.1.bn1.num_batches_tracked", "layer4.1.conv2.weight",
-    "layer4.1.bn2.weight", "layer4.1.bn2.bias", "layer4.1.bn2.running_mean", "layer4.1.bn2.running_var",
-    "layer4.1.bn2.num_batches_tracked", "fc.weight", "fc.bias",
+    "layer4.1.bn1.running_var",
+    "layer4.1.bn1.num_batches_tracked",
+    "layer4.1.conv2.weight",
+    "layer4.1.bn2.weight",
+    "layer4.1.bn2.bias",
+    "layer4.1.bn2.running_mean",
+    "layer4.1.bn2.running_var",
+    "layer4.1.bn2.num_batches_tracked",
+    "fc.weight",
+    "fc.bias",
 ]
 TORCHVISION_RESNET18_TENSORS = 122  # incl. BN buffers
 TORCHVISION_RESNET18_PARAMS = 11_689_512
@@ -31,8 +46,15 @@ def torchvision_resnet_shapes(blocks, bottleneck: bool, num_classes: int = 1000,
     shapes: dict[str, tuple[int, ...]] = {}
 
     def bn(name, c):
-        shapes.update({f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
-                       f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()})
+        shapes.update(
+            {
+                f"{name}.weight": (c,),
+                f"{name}.bias": (c,),
+                f"{name}.running_mean": (c,),
+                f"{name}.running_var": (c,),
+                f"{name}.num_batches_tracked": (),
+            }
+        )
 
     shapes["conv1.weight"] = (width, 3, 7, 7)
     bn("bn1", width)
@@ -82,7 +104,9 @@ def test_torchvision_named_state_dict_loads_strictly():
     model = ResNet("resnet18", num_classes=1000, stem="imagenet")
     result = model.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
-    assert torch.equal(model.layer3[0].downsample[1].running_mean, state["layer3.0.downsample.1.running_mean"])
+    assert torch.equal(
+        model.layer3[0].downsample[1].running_mean, state["layer3.0.downsample.1.running_mean"]
+    )
     assert model.layer3[0].downsample[1].num_batches_tracked.item() == 7
     assert torch.equal(model.fc.weight, state["fc.weight"])
 
@@ -95,8 +119,9 @@ def test_resnet50_matches_torchvision():
     assert model.num_features == 2048
 
 
-@pytest.mark.parametrize("arch,count", [("resnet10", 12), ("resnet18", 20), ("resnet34", 36),
-                                        ("resnet50", 53), ("resnet101", 104)])
+@pytest.mark.parametrize(
+    "arch,count", [("resnet10", 12), ("resnet18", 20), ("resnet34", 36), ("resnet50", 53), ("resnet101", 104)]
+)
 def test_bn_layer_counts(arch, count):
     assert build_backbone(arch, width=4, num_classes=2).bn_layer_count() == count
 
@@ -119,9 +144,18 @@ def test_cifar_stem_keeps_resolution_and_imagenet_stem_downsamples():
 
 def trained_tiny(seed: int = 0) -> ResNet:
     torch.manual_seed(seed)
-    model = ResNet("resnet10", num_classes=4, stem="cifar", in_channels=1, width=8, image_size=28,
-                   mean=[0.286], std=[0.353], class_names=["a", "b", "c", "d"],
-                   training={"method": "supervised", "dataset": "fashion_mnist"})
+    model = ResNet(
+        "resnet10",
+        num_classes=4,
+        stem="cifar",
+        in_channels=1,
+        width=8,
+        image_size=28,
+        mean=[0.286],
+        std=[0.353],
+        class_names=["a", "b", "c", "d"],
+        training={"method": "supervised", "dataset": "fashion_mnist"},
+    )
     model.train()
     for _ in range(3):  # train-mode forwards move the running statistics away from their init
         model(torch.rand(8, 1, 28, 28) * 3 + 1)
@@ -189,7 +223,9 @@ def test_wrong_shapes_checkpoint_names_keys():
     wide = ResNet("resnet10", width=16, num_classes=10).state_dict()
     with pytest.raises(RuntimeError, match="size mismatch for conv1.weight"):
         ResNet("resnet10", width=8, num_classes=10).load_state_dict(wide)
-    with pytest.raises(BackboneError, match=r"conv1\.weight \(checkpoint \[16, 3, 3, 3\], model \[8, 3, 3, 3\]\)"):
+    with pytest.raises(
+        BackboneError, match=r"conv1\.weight \(checkpoint \[16, 3, 3, 3\], model \[8, 3, 3, 3\]\)"
+    ):
         import_torchvision_state_dict(wide, arch="resnet10", stem="cifar", width=8)
 
 
@@ -200,8 +236,9 @@ def test_wrong_shapes_checkpoint_names_keys():
 
 def test_card_renders_method_and_probe_accuracy(tmp_path):
     model = trained_tiny()
-    model.update_training_info(method="mocov2", epochs=5, probe_top1=0.81234, probe_epochs=3,
-                               base_model="tester/base")
+    model.update_training_info(
+        method="mocov2", epochs=5, probe_top1=0.81234, probe_epochs=3, base_model="tester/base"
+    )
     card = str(model.generate_model_card())
     assert "library_name: hf_scdd" in card
     assert "| method | mocov2 |" in card

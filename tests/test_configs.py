@@ -1,4 +1,4 @@
-"""Stage configs: YAML defaults + CLI overrides, unknown keys, and refusing a changed config in an output folder."""
+"""Stage configs: YAML + CLI overrides, unknown keys, refusing a changed config in an output folder."""
 
 from __future__ import annotations
 
@@ -34,8 +34,13 @@ def write_yaml(tmp_path, text: str):
 
 def test_defaults():
     config = parse_config(ToyConfig, [])
-    assert (config.lr, config.epochs, config.arch, config.seed, config.dataset) == (0.1, 2, "resnet18", 0,
-                                                                                      "fashion_mnist")
+    assert (config.lr, config.epochs, config.arch, config.seed, config.dataset) == (
+        0.1,
+        2,
+        "resnet18",
+        0,
+        "fashion_mnist",
+    )
 
 
 def test_yaml_then_cli_precedence(tmp_path):
@@ -66,7 +71,9 @@ def test_yaml_must_be_a_mapping_and_config_needs_a_path(tmp_path):
 
 
 def test_unknown_cli_flag_is_an_error():
-    with pytest.raises(ConfigError, match=r"unknown argument\(s\) \['--learning_rate', '0.2'\] for ToyConfig"):
+    with pytest.raises(
+        ConfigError, match=r"unknown argument\(s\) \['--learning_rate', '0.2'\] for ToyConfig"
+    ):
         parse_config(ToyConfig, ["--learning_rate", "0.2"])
 
 
@@ -95,7 +102,9 @@ def test_check_or_write_config(tmp_path):
 
     assert check_or_write_config(ToyConfig(output_dir=str(out), lr=0.2, seed=1), out) is True  # resumption
     # runtime-only fields may differ on resumption
-    assert check_or_write_config(ToyConfig(output_dir=str(out), lr=0.2, seed=1, cpu=True, report_to="none"), out)
+    assert check_or_write_config(
+        ToyConfig(output_dir=str(out), lr=0.2, seed=1, cpu=True, report_to="none"), out
+    )
 
     with pytest.raises(ConfigError) as err:
         check_or_write_config(ToyConfig(output_dir=str(out), lr=0.3, seed=1), out)

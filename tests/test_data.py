@@ -52,7 +52,9 @@ def test_builtin_tensors_are_real_images(builtin):
     assert labels.shape == (60000,) and labels.dtype == torch.int64
     assert torch.equal(labels.bincount(), torch.full((10,), 6000))  # balanced, as published
     test_images, test_labels = builtin.tensors("test")
-    assert test_images.shape == (10000, 1, 28, 28) and torch.equal(test_labels.bincount(), torch.full((10,), 1000))
+    assert test_images.shape == (10000, 1, 28, 28) and torch.equal(
+        test_labels.bincount(), torch.full((10,), 1000)
+    )
 
     x = images.flatten(1).float() / 255
     assert x.std() > 0.2  # not constant
@@ -124,13 +126,24 @@ def cifar100_like(tmp_path, mode: str = "RGB") -> tuple[str, dict]:
     """Columns ``img`` (Image) + ``fine_label`` (ClassLabel) + ``note`` (str), splits train/test."""
     import datasets
 
-    features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=NAMES),
-                                  "note": datasets.Value("string")})
+    features = datasets.Features(
+        {
+            "img": datasets.Image(),
+            "fine_label": datasets.ClassLabel(names=NAMES),
+            "note": datasets.Value("string"),
+        }
+    )
     splits = {
-        "train": {"img": rgb_images(12, 0, mode), "fine_label": [i % 3 for i in range(12)],
-                  "note": [f"n{i}" for i in range(12)]},
-        "test": {"img": rgb_images(6, 1, mode), "fine_label": [i % 3 for i in range(6)],
-                 "note": [f"t{i}" for i in range(6)]},
+        "train": {
+            "img": rgb_images(12, 0, mode),
+            "fine_label": [i % 3 for i in range(12)],
+            "note": [f"n{i}" for i in range(12)],
+        },
+        "test": {
+            "img": rgb_images(6, 1, mode),
+            "fine_label": [i % 3 for i in range(6)],
+            "note": [f"t{i}" for i in range(6)],
+        },
     }
     return write_folder(tmp_path / f"c100-{mode}", splits, features), splits
 
@@ -154,9 +167,14 @@ def test_column_autodetection(tmp_path):
 def test_explicit_column_override(tmp_path):
     import datasets
 
-    features = datasets.Features({"photo": datasets.Image(), "sketch": datasets.Image(),
-                                  "kind": datasets.ClassLabel(names=["x", "y"]),
-                                  "label": datasets.ClassLabel(names=["p", "q", "r"])})
+    features = datasets.Features(
+        {
+            "photo": datasets.Image(),
+            "sketch": datasets.Image(),
+            "kind": datasets.ClassLabel(names=["x", "y"]),
+            "label": datasets.ClassLabel(names=["p", "q", "r"]),
+        }
+    )
     photos, sketches = rgb_images(6, 2), rgb_images(6, 3)
     columns = {"photo": photos, "sketch": sketches, "kind": [0, 1] * 3, "label": [0, 1, 2] * 2}
     folder = write_folder(tmp_path / "two", {"train": columns, "test": columns}, features)
@@ -166,7 +184,9 @@ def test_explicit_column_override(tmp_path):
     default = load_image_dataset(folder, image_column="photo", mean=(0.5,) * 3, std=(0.5,) * 3)
     assert default.class_names == ["p", "q", "r"]  # the column named "label" wins over "kind"
 
-    data = load_image_dataset(folder, image_column="sketch", label_column="kind", mean=(0.5,) * 3, std=(0.5,) * 3)
+    data = load_image_dataset(
+        folder, image_column="sketch", label_column="kind", mean=(0.5,) * 3, std=(0.5,) * 3
+    )
     assert data.class_names == ["x", "y"]
     images, labels = data.tensors("test")
     assert torch.equal(images[0], torch.from_numpy(np.array(sketches[0])).permute(2, 0, 1))
@@ -179,8 +199,9 @@ def test_integer_labels_become_class_label(tmp_path):
 
     features = datasets.Features({"image": datasets.Image(), "y": datasets.Value("int64")})
     columns = {"image": rgb_images(4, 4), "y": [0, 1, 2, 1]}
-    data = load_image_dataset(write_folder(tmp_path / "ints", {"train": columns, "validation": columns}, features),
-                              label_column="y")
+    data = load_image_dataset(
+        write_folder(tmp_path / "ints", {"train": columns, "validation": columns}, features), label_column="y"
+    )
     assert data.class_names == ["0", "1", "2"]
     assert data.dataset["test"].num_rows == 4  # "validation" serves as the test split
 
@@ -242,8 +263,9 @@ def test_missing_split(tmp_path):
     import datasets
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
-    only_train = write_folder(tmp_path / "train-only",
-                              {"train": {"image": rgb_images(2, 6), "label": [0, 1]}}, features)
+    only_train = write_folder(
+        tmp_path / "train-only", {"train": {"image": rgb_images(2, 6), "label": [0, 1]}}, features
+    )
     with pytest.raises(DataError, match="has no test split.*--test_split"):
         load_image_dataset(only_train)
 

@@ -50,31 +50,60 @@ NF = 64  # num_features of resnet10 at width 8
 def mocov2_checkpoint(q, k):
     state = {
         **prefixed(q, "module.encoder_q."),
-        "module.encoder_q.fc.0.weight": torch.randn(NF, NF), "module.encoder_q.fc.0.bias": torch.randn(NF),
-        "module.encoder_q.fc.2.weight": torch.randn(16, NF), "module.encoder_q.fc.2.bias": torch.randn(16),
+        "module.encoder_q.fc.0.weight": torch.randn(NF, NF),
+        "module.encoder_q.fc.0.bias": torch.randn(NF),
+        "module.encoder_q.fc.2.weight": torch.randn(16, NF),
+        "module.encoder_q.fc.2.bias": torch.randn(16),
         **prefixed(k, "module.encoder_k."),
-        "module.encoder_k.fc.0.weight": torch.randn(NF, NF), "module.encoder_k.fc.0.bias": torch.randn(NF),
-        "module.encoder_k.fc.2.weight": torch.randn(16, NF), "module.encoder_k.fc.2.bias": torch.randn(16),
-        "module.queue": torch.randn(16, 4096), "module.queue_ptr": torch.zeros(1, dtype=torch.long),
+        "module.encoder_k.fc.0.weight": torch.randn(NF, NF),
+        "module.encoder_k.fc.0.bias": torch.randn(NF),
+        "module.encoder_k.fc.2.weight": torch.randn(16, NF),
+        "module.encoder_k.fc.2.bias": torch.randn(16),
+        "module.queue": torch.randn(16, 4096),
+        "module.queue_ptr": torch.zeros(1, dtype=torch.long),
     }
-    return {"epoch": 200, "arch": "resnet10", "state_dict": state,
-            "optimizer": {"state": {}, "param_groups": [{"lr": 0.03, "momentum": 0.9, "params": [0, 1]}]}}
+    return {
+        "epoch": 200,
+        "arch": "resnet10",
+        "state_dict": state,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.03, "momentum": 0.9, "params": [0, 1]}]},
+    }
 
 
 def mocov3_checkpoint(q, k):
-    head = {"fc.0.weight": torch.randn(32, NF), "fc.1.weight": torch.randn(32), "fc.1.bias": torch.randn(32),
-            "fc.1.running_mean": torch.randn(32), "fc.1.running_var": torch.rand(32),
-            "fc.1.num_batches_tracked": torch.tensor(5), "fc.3.weight": torch.randn(16, 32)}
-    state = {**prefixed(q, "module.base_encoder."), **prefixed(head, "module.base_encoder."),
-             **prefixed(k, "module.momentum_encoder."), **prefixed(head, "module.momentum_encoder."),
-             "module.predictor.0.weight": torch.randn(32, 16), "module.predictor.3.weight": torch.randn(16, 32)}
-    return {"epoch": 100, "arch": "resnet10", "state_dict": state, "optimizer": {"state": {}, "param_groups": []},
-            "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0}}
+    head = {
+        "fc.0.weight": torch.randn(32, NF),
+        "fc.1.weight": torch.randn(32),
+        "fc.1.bias": torch.randn(32),
+        "fc.1.running_mean": torch.randn(32),
+        "fc.1.running_var": torch.rand(32),
+        "fc.1.num_batches_tracked": torch.tensor(5),
+        "fc.3.weight": torch.randn(16, 32),
+    }
+    state = {
+        **prefixed(q, "module.base_encoder."),
+        **prefixed(head, "module.base_encoder."),
+        **prefixed(k, "module.momentum_encoder."),
+        **prefixed(head, "module.momentum_encoder."),
+        "module.predictor.0.weight": torch.randn(32, 16),
+        "module.predictor.3.weight": torch.randn(16, 32),
+    }
+    return {
+        "epoch": 100,
+        "arch": "resnet10",
+        "state_dict": state,
+        "optimizer": {"state": {}, "param_groups": []},
+        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0},
+    }
 
 
 def dino_checkpoint(teacher, student):
-    head = {"head.mlp.0.weight": torch.randn(32, NF), "head.mlp.0.bias": torch.randn(32),
-            "head.last_layer.weight_g": torch.randn(100, 1), "head.last_layer.weight_v": torch.randn(100, 32)}
+    head = {
+        "head.mlp.0.weight": torch.randn(32, NF),
+        "head.mlp.0.bias": torch.randn(32),
+        "head.last_layer.weight_g": torch.randn(100, 1),
+        "head.last_layer.weight_v": torch.randn(100, 32),
+    }
     return {
         "student": {**prefixed(student, "module.backbone."), **prefixed(head, "module.")},
         "teacher": {**prefixed(teacher, "backbone."), **head},
@@ -86,9 +115,13 @@ def dino_checkpoint(teacher, student):
 
 
 def swav_checkpoint(q, _):
-    return {**prefixed(q, "module."),
-            "module.projection_head.0.weight": torch.randn(32, NF), "module.projection_head.0.bias": torch.randn(32),
-            "module.projection_head.3.weight": torch.randn(16, 32), "module.prototypes.weight": torch.randn(30, 16)}
+    return {
+        **prefixed(q, "module."),
+        "module.projection_head.0.weight": torch.randn(32, NF),
+        "module.projection_head.0.bias": torch.randn(32),
+        "module.projection_head.3.weight": torch.randn(16, 32),
+        "module.prototypes.weight": torch.randn(30, 16),
+    }
 
 
 def torchvision_checkpoint(q, _):
@@ -96,14 +129,27 @@ def torchvision_checkpoint(q, _):
 
 
 def lincls_checkpoint(q, _):
-    state = {**prefixed(q, "module."), "module.fc.weight": torch.randn(10, NF), "module.fc.bias": torch.randn(10)}
-    return {"epoch": 100, "arch": "resnet10", "state_dict": state, "best_acc1": torch.tensor(71.1),
-            "optimizer": {"state": {}, "param_groups": []}}
+    state = {
+        **prefixed(q, "module."),
+        "module.fc.weight": torch.randn(10, NF),
+        "module.fc.bias": torch.randn(10),
+    }
+    return {
+        "epoch": 100,
+        "arch": "resnet10",
+        "state_dict": state,
+        "best_acc1": torch.tensor(71.1),
+        "optimizer": {"state": {}, "param_groups": []},
+    }
 
 
 BUILDERS = {
-    "mocov2": mocov2_checkpoint, "mocov3": mocov3_checkpoint, "dino": dino_checkpoint,
-    "swav": swav_checkpoint, "torchvision": torchvision_checkpoint, "lincls": lincls_checkpoint,
+    "mocov2": mocov2_checkpoint,
+    "mocov3": mocov3_checkpoint,
+    "dino": dino_checkpoint,
+    "swav": swav_checkpoint,
+    "torchvision": torchvision_checkpoint,
+    "lincls": lincls_checkpoint,
 }
 # classifier stored in the checkpoint (under its own prefix) that must load, per layout
 STORED_FC = {"torchvision": "fc.", "lincls": "module.fc."}
@@ -148,8 +194,12 @@ def test_import_each_layout_from_file(tmp_path, layout, given):
 def test_ssl_import_gets_fresh_probe_head():
     wanted = random_backbone(3)
     torch.manual_seed(0)
-    model = import_state_dict(mocov2_checkpoint(wanted, random_backbone(4)), **ARCH, num_classes=7,
-                              class_names=[f"c{i}" for i in range(7)])
+    model = import_state_dict(
+        mocov2_checkpoint(wanted, random_backbone(4)),
+        **ARCH,
+        num_classes=7,
+        class_names=[f"c{i}" for i in range(7)],
+    )
     assert model.fc.weight.shape == (7, NF)
     assert torch.all(model.fc.bias == 0)
     assert 0.005 < model.fc.weight.std().item() < 0.02  # MoCo probe init N(0, 0.01)
@@ -219,7 +269,9 @@ def test_wrong_width_lists_mismatched_shapes():
 def test_width16_model_into_width8_via_torchvision_importer():
     torch.manual_seed(0)
     big = ResNet(num_classes=4, arch="resnet10", stem="cifar", width=16).state_dict()
-    with pytest.raises(BackboneError, match=r"shape mismatches \(\d+: conv1\.weight \(checkpoint \[16, 3, 3, 3\]"):
+    with pytest.raises(
+        BackboneError, match=r"shape mismatches \(\d+: conv1\.weight \(checkpoint \[16, 3, 3, 3\]"
+    ):
         import_torchvision_state_dict(big, arch="resnet10", stem="cifar", width=8, num_classes=4)
 
 
@@ -240,8 +292,11 @@ def test_wrong_arch_and_stem():
     checkpoint = swav_checkpoint(random_backbone(1), None)
     with pytest.raises(BackboneError, match=r"missing keys \(\d+: layer1\.1\.conv1\.weight"):
         import_state_dict(checkpoint, arch="resnet18", stem="cifar", width=8)
-    with pytest.raises(BackboneError, match=r"conv1\.weight \(checkpoint \[8, 3, 3, 3\], model \[8, 3, 7, 7\]\).*"
-                                            r"stem='cifar'"):
+    with pytest.raises(
+        BackboneError,
+        match=r"conv1\.weight \(checkpoint \[8, 3, 3, 3\], model \[8, 3, 7, 7\]\).*"
+        r"stem='cifar'",
+    ):
         import_state_dict(checkpoint, arch="resnet10", stem="imagenet", width=8)
 
 

@@ -41,6 +41,16 @@ SIZE = 16
 # --------------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on the shared 2-core CI machine, 2 spinning OpenMP threads under load made these
+    tiny steps ~100× slower. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_backbone(num_classes: int = 4) -> ResNet:
     torch.manual_seed(0)
     names = CLASSES if num_classes == 4 else None
@@ -312,7 +322,7 @@ def test_two_processes_give_the_same_dataset(assets, reference_run, tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_dataset(assets, tmp_path):
-    overrides = dict(ipc=4, classes_per_batch=1, iterations=40)  # 16 units
+    overrides = dict(ipc=4, classes_per_batch=1, iterations=20)  # 16 units
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "hf_scdd", "recover", *_cli_args(assets, out, **overrides), "--cpu", "true"]
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -154,6 +154,8 @@ def load_image_dataset(
     if image_size is None:
         image_size = max(first.size)
     data = ImageData(dsd, name, channels, (), (), int(image_size))
+    if name == BUILTIN:
+        _seed_builtin_tensors(data)
     if mean is None or std is None:
         mean, std = _channel_stats(data)
     if len(mean) != channels or len(std) != channels:
@@ -173,9 +175,7 @@ def _load_builtin():
     if all((FASHION_MNIST_DIR / f).exists() for pair in _FASHION_MNIST_FILES.values() for f in pair):
         dsd = _fashion_mnist_from_idx(FASHION_MNIST_DIR)
         _write_parquet_folder(dsd, local)
-        loaded = datasets.load_dataset(str(local))
-        _seed_tensor_cache(loaded, FASHION_MNIST_DIR)
-        return loaded
+        return datasets.load_dataset(str(local))
     tried.append(f"IDX files in {FASHION_MNIST_DIR} (install them with `apt-get install dataset-fashion-mnist`)")
     try:
         return datasets.load_dataset(FASHION_MNIST_HUB_ID)
@@ -357,12 +357,21 @@ def _save_tensors(path: Path, images: torch.Tensor, labels: torch.Tensor) -> Non
     os.replace(tmp, path)
 
 
-def _seed_tensor_cache(dsd, folder: Path) -> None:
-    """The IDX arrays already are the decoded images: cache them so the first use skips decoding 70k PNGs."""
+def _seed_builtin_tensors(data: ImageData) -> None:
+    """The Fashion-MNIST IDX arrays already are the decoded images: cache them (after checking they match the
+    dataset's labels and first image) so the first use skips decoding 70k PNGs."""
+    if data.channels != 1 or data.image_size != 28:
+        return
     for split, (images_file, labels_file) in _FASHION_MNIST_FILES.items():
-        images = torch.from_numpy(read_idx(folder / images_file).copy()).unsqueeze(1)
-        labels = torch.from_numpy(read_idx(folder / labels_file).astype(np.int64))
-        _save_tensors(_tensor_cache_path(dsd[split], 1, images.shape[-1]), images, labels)
+        ds = data.dataset[split]
+        path = _tensor_cache_path(ds, 1, 28)
+        if path.exists() or not (FASHION_MNIST_DIR / images_file).exists():
+            continue
+        images = torch.from_numpy(read_idx(FASHION_MNIST_DIR / images_file).copy()).unsqueeze(1)
+        labels = torch.from_numpy(read_idx(FASHION_MNIST_DIR / labels_file).astype(np.int64))
+        same = len(ds) == len(labels) and torch.equal(torch.as_tensor(ds["label"], dtype=torch.int64), labels)
+        if same and torch.equal(pil_to_tensor(ds[0]["image"], "L", 28), images[0]):
+            _save_tensors(path, images, labels)
 
 
 def _load_or_decode(ds, channels: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:

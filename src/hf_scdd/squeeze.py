@@ -77,16 +77,18 @@ class SqueezeError(ValueError):
 class SqueezeConfig(StageConfig):
     """``hf-scdd squeeze``: MoCo v2 (default) or supervised pre-training of a BN ResNet.
 
-    Defaults: the MoCo CIFAR recipe (K=4096, m=0.99, T=0.1, MLP head, 128-d, 8 BN splits, SGD momentum 0.9,
-    wd 5e-4, cosine) scaled down so that Fashion-MNIST pre-training fits in ~10 CPU minutes.
+    Defaults: the MoCo CIFAR recipe (K=4096, m=0.99, T=0.1, MLP head, 128-d, 8 BN splits, SGD lr 0.06
+    momentum 0.9, wd 5e-4, cosine, no warm-up) at batch 256, scaled down for 2 CPU cores: ResNet-10 of width
+    16 (CIFAR stem) for 2 epochs over a seeded 15k-image subset of the training split (116 steps). For a
+    full-size run use e.g. ``--arch resnet18 --width 64 --epochs 200 --max_train_samples 0 --batch_size 512``.
     """
 
     output_dir: str = field(default="outputs/squeeze", metadata={"help": "Folder the stage writes to."})
     method: str = field(default="mocov2", metadata={"help": "'mocov2' (self-supervised) or 'supervised'."})
-    arch: str = field(default="resnet18", metadata={"help": "Backbone architecture (resnet10/18/34/50/101)."})
+    arch: str = field(default="resnet10", metadata={"help": "Backbone architecture (resnet10/18/34/50/101)."})
     width: int = field(default=16, metadata={"help": "First-stage width (64 = torchvision)."})
     stem: str = field(default="cifar", metadata={"help": "'cifar' (3x3, no max-pool) or 'imagenet'."})
-    epochs: int = field(default=1, metadata={"help": "Pre-training epochs over the (sub)set."})
+    epochs: int = field(default=2, metadata={"help": "Pre-training epochs over the (sub)set."})
     batch_size: int = field(default=256, metadata={"help": "GLOBAL batch size (split over processes)."})
     lr: float | None = field(
         default=None, metadata={"help": "Peak learning rate; default 0.06 (mocov2) or 0.1 (supervised)."}
@@ -103,10 +105,10 @@ class SqueezeConfig(StageConfig):
     )
     crop_min_scale: float = field(default=0.2, metadata={"help": "Lower bound of RandomResizedCrop's scale."})
     max_train_samples: int = field(
-        default=0, metadata={"help": "Train on a seeded random subset of this many images (0 = all)."}
+        default=15000, metadata={"help": "Train on a seeded random subset of this many images (0 = all)."}
     )
     checkpoint_steps: int = field(
-        default=0, metadata={"help": "Also checkpoint every N steps (checkpoints are always written per epoch)."}
+        default=0, metadata={"help": "Also checkpoint every N steps (every epoch is always checkpointed)."}
     )
 
     def resolved_lr(self) -> float:
@@ -124,7 +126,7 @@ class ProbeConfig(StageConfig):
         default=None, metadata={"help": "Backbone folder (or a squeeze output_dir) or Hub repo id."}
     )
     revision: str | None = field(default=None, metadata={"help": "Hub revision of --backbone."})
-    epochs: int = field(default=30, metadata={"help": "Probe epochs over the cached features."})
+    epochs: int = field(default=20, metadata={"help": "Probe epochs over the cached features."})
     batch_size: int = field(default=256, metadata={"help": "Probe batch size (global)."})
     lr: float = field(default=0.5, metadata={"help": "Peak SGD learning rate (standardised features)."})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
@@ -133,7 +135,9 @@ class ProbeConfig(StageConfig):
         default=True,
         metadata={"help": "Train on per-feature standardised features; folded into fc afterwards."},
     )
-    max_train_samples: int = field(default=0, metadata={"help": "Seeded subset of training images (0 = all)."})
+    max_train_samples: int = field(
+        default=10000, metadata={"help": "Seeded subset of training images for the probe (0 = all)."}
+    )
     feature_batch_size: int = field(default=1024, metadata={"help": "Batch size of feature extraction."})
 
 
@@ -176,7 +180,7 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
 
 
 def use_split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
-    """Replace every BatchNorm2d in ``module`` (in place) by a :class:`SplitBatchNorm2d` with the same state."""
+    """Replace (in place) every BatchNorm2d in ``module`` by a :class:`SplitBatchNorm2d` with its state."""
     for name, child in module.named_children():
         if isinstance(child, SplitBatchNorm2d):
             child.num_splits = num_splits
@@ -225,13 +229,15 @@ def shuffled_keys(
 
 
 class ProjectionEncoder(nn.Module):
-    """Backbone features -> 2-layer MLP -> L2-normalised embedding (the head is not saved with the backbone)."""
+    """Backbone features -> 2-layer MLP -> L2-normalised embedding (the head is not saved)."""
 
     def __init__(self, backbone: ResNet, dim: int, hidden: int | None = None):
         super().__init__()
         hidden = hidden or backbone.num_features
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(backbone.num_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim))
+        self.head = nn.Sequential(
+            nn.Linear(backbone.num_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.backbone.forward_features(x)), dim=1)
@@ -258,7 +264,7 @@ class MoCoKeyState(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Replace the oldest ``len(keys)`` entries (``keys`` = the whole global batch, same on every rank)."""
+        """Overwrite the oldest ``len(keys)`` entries (``keys``: the global batch, same on every rank)."""
         k, ptr = self.queue.shape[1], int(self.queue_ptr)
         if k % len(keys):
             raise SqueezeError(f"moco_k={k} must be a multiple of the global batch size {len(keys)}")
@@ -266,7 +272,9 @@ class MoCoKeyState(nn.Module):
         self.queue_ptr.fill_((ptr + len(keys)) % k)
 
 
-def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def info_nce(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """InfoNCE: the positive logit first, then the queue's negatives; returns (loss, contrastive top-1)."""
     l_pos = (q * k).sum(dim=1, keepdim=True)
     l_neg = q @ queue.clone().detach()
@@ -306,7 +314,8 @@ def splits_per_process(config: SqueezeConfig, num_processes: int) -> int:
         raise SqueezeError(f"bn_splits={config.bn_splits} is not a multiple of {num_processes} processes")
     if local_batch % splits:
         raise SqueezeError(
-            f"per-process batch {local_batch} does not divide into {splits} BN splits; change batch_size or bn_splits"
+            f"per-process batch {local_batch} does not divide into {splits} BN splits; "
+            "change batch_size or bn_splits"
         )
     return splits
 
@@ -334,7 +343,9 @@ def plan_mocov2(config: SqueezeConfig, data: ImageData, images: torch.Tensor, ac
     return TrainingPlan(query, [key_state], make_step_fn, lambda unwrapped: unwrapped.backbone)
 
 
-def plan_supervised(config: SqueezeConfig, data: ImageData, images: torch.Tensor, labels: torch.Tensor, accelerator) -> TrainingPlan:
+def plan_supervised(
+    config: SqueezeConfig, data: ImageData, images: torch.Tensor, labels: torch.Tensor, accelerator
+) -> TrainingPlan:
     model = new_backbone(config, data, data.num_classes)
     augment = supervised_view_augmentation(data.image_size)
 
@@ -376,7 +387,9 @@ def save_model_atomically(model: ResNet, folder: str | os.PathLike) -> Path:
 
 
 def load_data(config: StageConfig) -> ImageData:
-    return load_image_dataset(config.dataset, image_column=config.image_column, label_column=config.label_column)
+    return load_image_dataset(
+        config.dataset, image_column=config.image_column, label_column=config.label_column
+    )
 
 
 def main(config: SqueezeConfig) -> Path:
@@ -402,7 +415,9 @@ def main(config: SqueezeConfig) -> Path:
         accelerator.end_training()
         return final
     if config.batch_size % accelerator.num_processes:
-        raise ConfigError(f"batch_size {config.batch_size} is not divisible by {accelerator.num_processes} processes")
+        raise ConfigError(
+            f"batch_size {config.batch_size} is not divisible by {accelerator.num_processes} processes"
+        )
 
     data = load_data(config)
     all_images, all_labels = data.tensors("train")
@@ -418,7 +433,8 @@ def main(config: SqueezeConfig) -> Path:
     else:
         plan = plan_supervised(config, data, images, labels, accelerator)
     optimizer = torch.optim.SGD(
-        plan.model.parameters(), lr=config.resolved_lr(), momentum=config.momentum, weight_decay=config.weight_decay
+        plan.model.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
+        weight_decay=config.weight_decay,
     )
     loader = index_loader(len(images), local_batch, seed=config.seed)
     model, optimizer, loader = accelerator.prepare(plan.model, optimizer, loader)
@@ -428,7 +444,8 @@ def main(config: SqueezeConfig) -> Path:
     progress = train(
         accelerator, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
         step_fn=plan.make_step_fn(accelerator, model), epochs=config.epochs, output_dir=out,
-        extra_state=plan.extra_state, checkpoint_steps=config.checkpoint_steps, desc=f"squeeze[{config.method}]",
+        extra_state=plan.extra_state, checkpoint_steps=config.checkpoint_steps,
+        desc=f"squeeze[{config.method}]",
     )
     if accelerator.is_main_process:
         backbone = plain_resnet(plan.backbone_of(accelerator.unwrap_model(model)))
@@ -452,7 +469,7 @@ def main(config: SqueezeConfig) -> Path:
 
 
 def resolve_backbone_path(name: str) -> str:
-    """A model folder or repo id as is; a squeeze/probe ``output_dir`` -> its ``backbone``/``model`` folder."""
+    """A model folder or repo id as is; a squeeze/probe ``output_dir`` -> its ``backbone``/``model``."""
     path = Path(name)
     for sub in (MODEL_DIR, BACKBONE_DIR):
         if (path / sub / "config.json").exists() and not (path / "model.safetensors").exists():
@@ -482,7 +499,9 @@ def extract_features(
     return feats
 
 
-def fold_standardization(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_standardization(
+    head: nn.Linear, mean: torch.Tensor, std: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights of ``x -> head((x - mean) / std)`` as one linear layer on raw features."""
     weight = head.weight.detach() / std
     bias = head.bias.detach() - weight @ mean
@@ -510,9 +529,12 @@ def probe(config: ProbeConfig) -> Path:
         accelerator.end_training()
         return final
 
-    backbone = load_backbone(resolve_backbone_path(config.backbone), revision=config.revision).to(accelerator.device)
+    backbone = load_backbone(resolve_backbone_path(config.backbone), revision=config.revision)
+    backbone = backbone.to(accelerator.device)
     if not isinstance(backbone, ResNet):
-        raise SqueezeError(f"probe needs an hf_scdd ResNet backbone; {config.backbone!r} is {type(backbone).__name__}")
+        raise SqueezeError(
+            f"probe needs an hf_scdd ResNet backbone; {config.backbone!r} is a {type(backbone).__name__}"
+        )
     data = load_data(config)
     if backbone.in_channels != data.channels:
         raise SqueezeError(
@@ -530,14 +552,17 @@ def probe(config: ProbeConfig) -> Path:
     subset = training_subset(len(images), config.max_train_samples, config.seed)
     feats = extract_features(accelerator, backbone, images[subset], preprocess, config.feature_batch_size)
     y = labels[subset].to(accelerator.device)
-    mean = feats.mean(0) if config.standardize else torch.zeros(feats.shape[1], device=feats.device)
-    std = feats.std(0).clamp_min(1e-6) if config.standardize else torch.ones(feats.shape[1], device=feats.device)
+    mean, std = torch.zeros_like(feats[0]), torch.ones_like(feats[0])
+    if config.standardize:
+        mean, std = feats.mean(0), feats.std(0).clamp_min(1e-6)
     feats = (feats - mean) / std
 
     head = nn.Linear(backbone.num_features, data.num_classes)
     nn.init.normal_(head.weight, 0.0, 0.01)  # MoCo's probe initialisation
     nn.init.zeros_(head.bias)
-    optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        head.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     local_batch = max(1, config.batch_size // accelerator.num_processes)
     loader = index_loader(len(feats), local_batch, seed=config.seed, drop_last=False)
     prepared, optimizer, loader = accelerator.prepare(head, optimizer, loader)
@@ -546,7 +571,8 @@ def probe(config: ProbeConfig) -> Path:
     def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         idx = idx.to(feats.device)
         logits = prepared(feats[idx])
-        return {"loss": F.cross_entropy(logits, y[idx]), "train_top1": (logits.argmax(1) == y[idx]).float().mean()}
+        top1 = (logits.argmax(1) == y[idx]).float().mean()
+        return {"loss": F.cross_entropy(logits, y[idx]), "train_top1": top1}
 
     train(
         accelerator, model=prepared, optimizer=optimizer, scheduler=scheduler, loader=loader, step_fn=step,
@@ -571,7 +597,8 @@ def probe(config: ProbeConfig) -> Path:
         backbone.update_training_info(dataset=backbone.training_info.get("dataset") or data.name)
         model = plain_resnet(backbone)
         save_model_atomically(model, final)
-        atomic_write_text(out / "probe_results.json", json.dumps({**info, "backbone": config.backbone}, indent=2) + "\n")
+        results = json.dumps({**info, "backbone": config.backbone}, indent=2) + "\n"
+        atomic_write_text(out / "probe_results.json", results)
         if config.push_to_hub:
             model.push_to_hub(config.push_to_hub)
         accelerator.print(f"[probe] linear-probe top-1 {100 * top1:.2f} % on {data.name} test; saved {final}")

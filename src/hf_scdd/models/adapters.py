@@ -58,9 +58,9 @@ class TransformersClassifier(nn.Module):
         config = model.config
         if bn_layers == 0:
             raise BackboneError(
-                f"{source or type(model).__name__} ({config.model_type}) has no BatchNorm2d layer, so SC-DD has "
-                "no statistics to match. Use a BN model (transformers ResNet, RegNet, MobileNetV1/V2, "
-                "EfficientNet) or an hf_scdd ResNet."
+                f"{source or type(model).__name__} ({config.model_type}) has no BatchNorm2d layer, "
+                "so SC-DD has no statistics to match. Use a BN model (transformers ResNet, RegNet, "
+                "MobileNetV1/V2, EfficientNet) or an hf_scdd ResNet."
             )
         self.model = model
         self.in_channels = int(getattr(config, "num_channels", 3))
@@ -79,7 +79,9 @@ class TransformersClassifier(nn.Module):
 
     # ---------------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str, revision: str | None = None, **kwargs: Any) -> "TransformersClassifier":
+    def from_pretrained(
+        cls, name_or_path: str, revision: str | None = None, **kwargs: Any
+    ) -> "TransformersClassifier":
         """Load from a Hub repo id or a folder written by ``save_pretrained``; returned in eval mode.
 
         ``mean``/``std``/``image_size`` come from ``preprocessor_config.json`` (``image_mean``, ``image_std``,
@@ -96,7 +98,8 @@ class TransformersClassifier(nn.Module):
         except (OSError, ValueError, KeyError) as err:
             raise BackboneError(
                 f"could not load {name_or_path!r} as a transformers image classifier "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). It needs a config.json "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+                "It needs a config.json "
                 "whose model_type has an AutoModelForImageClassification class, and no custom code."
             ) from err
         _check_loading_info(name_or_path, info)
@@ -174,9 +177,13 @@ def _check_loading_info(name_or_path: str, info: dict[str, Any]) -> None:
     """Refuse a model whose weights were partly initialised at random: its logits or BN statistics would be
     meaningless (e.g. a bare ``ResNetModel`` checkpoint loaded as a classifier has a random head)."""
     missing = sorted(info.get("missing_keys") or [])
-    mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or [])
+    mismatched = sorted(
+        str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or []
+    )
     if missing or mismatched:
-        listed = ", ".join((missing + mismatched)[:10]) + (", ..." if len(missing) + len(mismatched) > 10 else "")
+        listed = ", ".join((missing + mismatched)[:10]) + (
+            ", ..." if len(missing) + len(mismatched) > 10 else ""
+        )
         raise BackboneError(
             f"{name_or_path!r} does not hold every weight of its image classifier ({len(missing)} missing, "
             f"{len(mismatched)} of the wrong shape: {listed}); they would be random. Use a checkpoint saved "

@@ -1,4 +1,4 @@
-"""Import foreign ResNet checkpoints (torchvision, MoCo v2/v3, DINO, SwAV) into :class:`~hf_scdd.models.ResNet`.
+"""Import foreign checkpoints (torchvision, MoCo v2/v3, DINO, SwAV) into :class:`~hf_scdd.models.ResNet`.
 
 SC-DD's premise is that a *self-supervised* backbone's BN statistics are a better recovery signal than a
 supervised one's, and most public SSL ResNets were trained with these codebases. Their checkpoints hold
@@ -20,19 +20,14 @@ Example::
 
 Layouts (``layout="auto"`` detects them from the key names):
 
-=============  ==========================================================  ====================================
-layout         backbone keys                                               dropped
-=============  ==========================================================  ====================================
-torchvision    ``conv1.weight``, ..., ``fc.weight`` (fc kept if present)   nothing
-lincls         ``module.conv1.weight``, ..., ``module.fc.weight``          nothing (MoCo ``main_lincls`` output;
-                                                                           the trained linear classifier loads)
-mocov2         ``module.encoder_q.conv1.weight``, ...                      ``encoder_q.fc.*`` (projection head),
-                                                                           ``encoder_k.*``, ``queue*``
-mocov3         ``module.base_encoder.conv1.weight``, ...                   ``base_encoder.fc.*``/``head.*``,
-                                                                           ``momentum_encoder.*``, ``predictor.*``
-dino           ``[module.]backbone.conv1.weight``, ... (teacher preferred)  ``head.*``, ``fc.*``
-swav           ``module.conv1.weight``, ...                                ``projection_head.*``, ``prototypes.*``
-=============  ==========================================================  ====================================
+* ``torchvision``: ``conv1.weight``, ..., ``fc.weight``; a stored ``fc`` is loaded.
+* ``lincls`` (MoCo ``main_lincls`` output, or any DDP-saved model): ``module.conv1.weight``, ...,
+  ``module.fc.weight``; the trained linear classifier is loaded.
+* ``mocov2``: ``module.encoder_q.*``; drops ``encoder_q.fc.*`` (projection head), ``encoder_k.*``, ``queue*``.
+* ``mocov3``: ``module.base_encoder.*``; drops ``base_encoder.fc.*``/``head.*`` (projector),
+  ``momentum_encoder.*``, ``predictor.*``.
+* ``dino``: ``[module.]backbone.*`` (the ``teacher`` preferred); drops ``head.*`` and ``fc.*``.
+* ``swav``: ``module.*``; drops ``projection_head.*`` and ``prototypes.*``.
 
 Checkpoints may wrap the tensors in ``state_dict``/``model``/``teacher``/``student`` containers (DINO's
 ``teacher`` is preferred over its ``student``, as DINO evaluates the teacher). ``torch.load`` always runs with
@@ -71,8 +66,14 @@ _RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...], bool]] = {
 }
 
 # What each layout's training method is called in the model's training record (and card).
-_METHOD = {"torchvision": "imported", "lincls": "mocov2-linear-probe", "mocov2": "mocov2",
-           "mocov3": "mocov3", "dino": "dino", "swav": "swav"}
+_METHOD = {
+    "torchvision": "imported",
+    "lincls": "mocov2-linear-probe",
+    "mocov2": "mocov2",
+    "mocov3": "mocov3",
+    "dino": "dino",
+    "swav": "swav",
+}
 
 
 def import_checkpoint(
@@ -91,9 +92,11 @@ def import_checkpoint(
 
     Args:
         path: the checkpoint file, or a folder holding ``model.safetensors`` or ``pytorch_model.bin``.
-        arch, stem, in_channels, width: the architecture the checkpoint was trained with (see :class:`ResNet`).
+        arch, stem, in_channels, width: the architecture the checkpoint was trained with (see
+            :class:`ResNet`).
         num_classes: classifier size. ``None`` takes it from the checkpoint's classifier when it has one
-            (``lincls``/``torchvision`` layouts) and gives a feature extractor (0) otherwise. When the checkpoint
+            (``lincls``/``torchvision`` layouts) and gives a feature extractor (0) otherwise. When the
+            checkpoint
             has no classifier, a fresh ``fc`` with MoCo's probe initialisation is created.
         layout: one of :data:`LAYOUTS`; ``"auto"`` detects it from the key names.
         keep_classifier: ``False`` ignores a classifier stored in the checkpoint (fresh ``fc`` instead).
@@ -109,8 +112,16 @@ def import_checkpoint(
     """
     state_dict = read_checkpoint(path)
     model = import_state_dict(
-        state_dict, arch=arch, stem=stem, num_classes=num_classes, in_channels=in_channels, width=width,
-        layout=layout, keep_classifier=keep_classifier, source=str(path), **model_kwargs,
+        state_dict,
+        arch=arch,
+        stem=stem,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=width,
+        layout=layout,
+        keep_classifier=keep_classifier,
+        source=str(path),
+        **model_kwargs,
     )
     return model
 
@@ -136,7 +147,7 @@ def import_state_dict(
     source: str | None = None,
     **model_kwargs: Any,
 ) -> ResNet:
-    """Import an in-memory checkpoint (a state dict, or a dict wrapping one); see :func:`import_checkpoint`."""
+    """Import an in-memory checkpoint (a state dict or a dict wrapping one); see :func:`import_checkpoint`."""
     if layout not in LAYOUTS:
         raise BackboneError(f"unknown checkpoint layout {layout!r}; choose one of {list(LAYOUTS)}")
     tensors = unwrap_state_dict(state_dict)
@@ -152,8 +163,15 @@ def import_state_dict(
     training = dict(model_kwargs.pop("training", None) or {})
     training.setdefault("method", _METHOD[layout])
     training.update(imported_from=source or "state_dict", import_layout=layout)
-    model = ResNet(arch=arch, stem=stem, num_classes=num_classes, in_channels=in_channels, width=width,
-                   training=training, **model_kwargs)
+    model = ResNet(
+        arch=arch,
+        stem=stem,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=width,
+        training=training,
+        **model_kwargs,
+    )
     how = f"layout {layout!r}" + (" (auto-detected from the key names)" if detected else "")
     _check_backbone(model, backbone, how, source)
     _check_classifier(model, classifier, how)
@@ -193,7 +211,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - re-raised with the fix
         raise BackboneError(
             f"could not read {path} with torch.load(weights_only=True) ({type(err).__name__}: "
-            f"{str(err).splitlines()[0]}). hf_scdd never unpickles arbitrary objects: re-save only the tensors, "
+            f"{str(err).splitlines()[0]}). hf_scdd never unpickles arbitrary objects: "
+            "re-save only the tensors, "
             "e.g. torch.save(ckpt['state_dict'], 'weights.pth'), or convert to safetensors."
         ) from err
     if not isinstance(loaded, Mapping):
@@ -212,7 +231,8 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     tensors = {k: v for k, v in current.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise BackboneError(
-            f"no tensors found in the checkpoint (top-level keys: {sorted(map(str, checkpoint))[:_MAX_LISTED]}); "
+            "no tensors found in the checkpoint "
+            f"(top-level keys: {sorted(map(str, checkpoint))[:_MAX_LISTED]}); "
             f"expected a state dict, possibly under one of {list(CONTAINER_KEYS)}"
         )
     return tensors
@@ -253,7 +273,7 @@ def split_backbone(
         prefix = next((p for p in prefixes if key.startswith(p)), None)
         if prefix is None and prefix_required:
             continue
-        name = key[len(prefix):] if prefix else key
+        name = key[len(prefix) :] if prefix else key
         if name.startswith(dropped):
             continue
         (classifier if name.startswith("fc.") else backbone)[name] = value
@@ -271,7 +291,10 @@ def _listing(keys: list[str]) -> str:
 
 
 def _check_backbone(model: ResNet, backbone: dict[str, torch.Tensor], how: str, source: str | None) -> None:
-    """Refuse any missing, unexpected or mis-shaped backbone tensor (``num_batches_tracked`` may be absent)."""
+    """Refuse any missing, unexpected or mis-shaped backbone tensor.
+
+    ``num_batches_tracked`` may be absent (checkpoints from torch < 0.4.1): those counters stay at zero.
+    """
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     missing = [k for k in expected if k not in backbone and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in backbone if k not in expected]
@@ -292,7 +315,9 @@ def _check_backbone(model: ResNet, backbone: dict[str, torch.Tensor], how: str, 
     hint = _architecture_hint(backbone)
     raise BackboneError(
         f"checkpoint {source or '(state dict)'} does not match {model.arch} (stem={model.stem!r}, "
-        f"width={model.width}, in_channels={model.in_channels}) under {how}: " + "; ".join(problems) + ". "
+        f"width={model.width}, in_channels={model.in_channels}) under {how}: "
+        + "; ".join(problems)
+        + ". "
         + (hint + " " if hint else "")
         + f"Pass the architecture it was trained with, or layout= one of {list(LAYOUTS[1:])}."
     )
@@ -307,7 +332,8 @@ def _check_classifier(model: ResNet, classifier: dict[str, torch.Tensor], how: s
         want = {k: list(v.shape) for k, v in expected.items()}
         raise BackboneError(
             f"the checkpoint's classifier {found} does not fit the requested head {want} under {how}. "
-            "Pass num_classes=None to take the checkpoint's class count, or keep_classifier=False for a fresh head."
+            "Pass num_classes=None to take the checkpoint's class count, "
+            "or keep_classifier=False for a fresh head."
         )
 
 
@@ -320,7 +346,7 @@ def _architecture_hint(backbone: Mapping[str, torch.Tensor]) -> str:
     blocks = {k.split(".")[0] + "." + k.split(".")[1] for k in backbone if k.startswith("layer")}
     bottleneck = any(k.endswith("conv3.weight") for k in backbone)
     return (
-        f"Its conv1 is {list(conv1.shape)}: stem={stem!r}, width={conv1.shape[0]}, in_channels={conv1.shape[1]}; "
+        f"Its conv1 is {list(conv1.shape)}: stem={stem!r}, width={conv1.shape[0]}, "
+        f"in_channels={conv1.shape[1]}; "
         f"it has {len(blocks)} residual blocks of {'bottleneck' if bottleneck else 'basic'} type."
     )
-
