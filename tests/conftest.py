@@ -78,6 +78,12 @@ _HUB_ENV_UNSET = (
 )
 for _name in _HUB_ENV_UNSET:
     os.environ.pop(_name, None)
+# Decoded datasets (the built-in Fashion-MNIST's parquet + tensor cache) are not Hub state: keep them in the
+# user's normal cache so every test session and subprocess reuses them (same default as hf_scdd.data.cache_dir).
+os.environ.setdefault(
+    "HF_SCDD_CACHE",
+    os.path.join(os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "hf_scdd"),
+)
 os.environ.update(HUB_ENV, HF_HOME=_SESSION_HF_HOME)
 
 

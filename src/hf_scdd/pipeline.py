@@ -1,0 +1,245 @@
+"""SC-DD end to end: squeeze → probe → recover → relabel → evaluate, each stage a folder on disk.
+
+The pipeline only chains the stages' own ``main(config)`` functions: every stage writes its output and its
+config into ``<output_dir>/<stage>/``, so a rerun skips finished stages (and each stage resumes its own
+unfinished work), and any stage can be replaced by an existing artefact (``--backbone`` skips squeeze and,
+when it already has a matching classifier, the probe).
+
+Stage configs are built from this config's shared fields plus optional per-stage overrides (YAML mappings,
+e.g. ``recover: {lr: 0.3}``), so the whole run is described by one YAML file that is saved next to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .configs import ConfigError, StageConfig, atomic_write_text, check_or_write_config, config_from_dict
+
+logger = logging.getLogger(__name__)
+
+STAGE_NAMES = ("squeeze", "teacher", "probe", "recover", "relabel", "evaluate")
+
+
+@dataclass
+class PipelineConfig(StageConfig):
+    """The whole SC-DD run; defaults distil the built-in Fashion-MNIST in about 10 minutes on 2 CPU cores."""
+
+    output_dir: str = field(default="outputs/distill", metadata={"help": "Folder for every stage's output."})
+    backbone: str | None = field(
+        default=None,
+        metadata={"help": "Recovery backbone (Hub id or folder). Skips squeeze; skips the probe if it already "
+                  "has a classifier for the dataset's classes."},
+    )
+    squeeze_method: str = field(
+        default="mocov2", metadata={"help": "'mocov2' (SC-DD) or 'supervised' (the SRe²L control)."}
+    )
+    arch: str = field(default="resnet18", metadata={"help": "Backbone (and student) architecture."})
+    width: int = field(default=16, metadata={"help": "First-stage width of backbone and student (64 = torchvision)."})
+    teacher: str = field(
+        default="supervised",
+        metadata={"help": "Relabel/KD teacher: 'supervised' (train one, as SC-DD uses a supervised teacher), "
+                  "'recovery' (the probed recovery model), or a Hub id / folder."},
+    )
+    ipc: int = field(default=10, metadata={"help": "Distilled images per class."})
+    iterations: int | None = field(default=None, metadata={"help": "Recovery iterations (recover preset if unset)."})
+    label_modes: list[str] = field(
+        default_factory=lambda: ["online"],
+        metadata={"help": "Post-training labels: any of online, stored, hard ('stored' runs relabel first)."},
+    )
+    eval_epochs: int | None = field(default=None, metadata={"help": "Post-training epochs (evaluate default if unset)."})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Student seeds (mean ± std)."})
+    random_baseline: bool = field(default=True, metadata={"help": "Also train on a random real subset, same protocol."})
+    squeeze: str | None = field(default=None, metadata={"help": "YAML/JSON mapping of SqueezeConfig overrides."})
+    teacher_squeeze: str | None = field(
+        default=None, metadata={"help": "YAML/JSON mapping of overrides for the supervised teacher's squeeze."}
+    )
+    probe: str | None = field(default=None, metadata={"help": "YAML/JSON mapping of ProbeConfig overrides."})
+    recover: str | None = field(default=None, metadata={"help": "YAML/JSON mapping of RecoverConfig overrides."})
+    relabel: str | None = field(default=None, metadata={"help": "YAML/JSON mapping of RelabelConfig overrides."})
+    evaluate: str | None = field(default=None, metadata={"help": "YAML/JSON mapping of EvaluateConfig overrides."})
+
+    def overrides(self, stage: str) -> dict[str, Any]:
+        """The per-stage override mapping (a dict from YAML, or a YAML/JSON string from the command line)."""
+        value = getattr(self, stage)
+        if value is None:
+            return {}
+        if isinstance(value, str):
+            value = yaml.safe_load(value) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"--{stage} must be a mapping of {stage} config fields, got {value!r}")
+        return dict(value)
+
+
+# --------------------------------------------------------------------------------------------------------
+
+
+def _shared(config: PipelineConfig) -> dict[str, Any]:
+    """The StageConfig fields every stage inherits from the pipeline (push_to_hub is handled here, per artefact)."""
+    keys = [f.name for f in dataclasses.fields(StageConfig) if f.name not in ("output_dir", "push_to_hub")]
+    return {k: getattr(config, k) for k in keys}
+
+
+def stage_config(config: PipelineConfig, cls: type, stage: str, values: dict[str, Any], folder: Path, key: str | None = None):
+    """Build one stage's config: shared fields, pipeline-derived values, then the user's overrides."""
+    merged = {**_shared(config), **values, "output_dir": str(folder), **config.overrides(key or stage)}
+    return config_from_dict(cls, merged)
+
+
+def _marker(out: Path, stage: str) -> Path:
+    return out / "stages" / f"{stage}.json"
+
+
+def run_stage(accelerator_state, out: Path, stage: str, fn, stage_cfg) -> Any:
+    """Run ``fn(stage_cfg)`` unless a completion marker for the same config exists; returns its result."""
+    marker = _marker(out, stage)
+    wanted = json.loads(json.dumps(stage_cfg.result_fields(), default=str))
+    if marker.exists():
+        done = json.loads(marker.read_text())
+        if done.get("config") == wanted:
+            logger.info("[pipeline] %s: done already (%s), skipping", stage, marker)
+            return done.get("result")
+    print(f"[pipeline] ===== {stage} =====", flush=True) if accelerator_state.is_main_process else None
+    result = fn(stage_cfg)
+    accelerator_state.wait_for_everyone()
+    if accelerator_state.is_main_process:
+        payload = {"config": wanted, "result": json.loads(json.dumps(result, default=str))}
+        atomic_write_text(marker, json.dumps(payload, indent=2) + "\n")
+    accelerator_state.wait_for_everyone()
+    return json.loads(json.dumps(result, default=str))
+
+
+def _has_matching_classifier(backbone: str, num_classes: int) -> bool:
+    from .models import load_backbone
+
+    model = load_backbone(backbone)
+    return getattr(model, "num_classes", 0) == num_classes
+
+
+def run(config: PipelineConfig) -> dict[str, Any]:
+    """Run every stage; returns a summary with the artefact paths and the results table."""
+    from accelerate import PartialState
+
+    from . import bn_report, evaluate, recover, relabel, squeeze
+    from .data import load_image_dataset
+
+    state = PartialState(cpu=config.cpu)
+    out = Path(config.output_dir)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        check_or_write_config(config, out, "pipeline_config.json")
+    state.wait_for_everyone()
+    data = load_image_dataset(config.dataset, image_column=config.image_column, label_column=config.label_column)
+    summary: dict[str, Any] = {"dataset": data.name, "output_dir": str(out)}
+
+    # 1. squeeze + probe -> the recovery model
+    if config.backbone:
+        backbone = config.backbone
+    else:
+        cfg = stage_config(config, squeeze.SqueezeConfig, "squeeze",
+                           {"method": config.squeeze_method, "arch": config.arch, "width": config.width},
+                           out / "squeeze")
+        backbone = run_stage(state, out, "squeeze", squeeze.main, cfg)
+    if config.backbone and _has_matching_classifier(config.backbone, data.num_classes):
+        recovery_model = config.backbone
+    else:
+        cfg = stage_config(config, squeeze.ProbeConfig, "probe", {"backbone": str(backbone)}, out / "probe")
+        recovery_model = run_stage(state, out, "probe", squeeze.probe, cfg)
+    summary["recovery_model"] = recovery_model
+
+    # 2. the relabel / KD teacher
+    if config.teacher == "recovery":
+        teacher = recovery_model
+    elif config.teacher == "supervised":
+        if config.squeeze_method == "supervised" and not config.backbone:
+            teacher = recovery_model
+        else:
+            cfg = stage_config(config, squeeze.SqueezeConfig, "squeeze",
+                               {"method": "supervised", "arch": config.arch, "width": config.width},
+                               out / "teacher", key="teacher_squeeze")
+            teacher = run_stage(state, out, "teacher", squeeze.main, cfg)
+    else:
+        teacher = config.teacher
+    summary["teacher"] = teacher
+
+    # 3. recover
+    values = {"backbone": str(recovery_model), "ipc": config.ipc}
+    if config.iterations is not None:
+        values["iterations"] = config.iterations
+    cfg = stage_config(config, recover.RecoverConfig, "recover", values, out / "distilled")
+    distilled = run_stage(state, out, "recover", recover.main, cfg)
+    summary["distilled"] = distilled
+
+    # 4. relabel (only when stored labels are evaluated)
+    if "stored" in config.label_modes:
+        cfg = stage_config(config, relabel.RelabelConfig, "relabel",
+                           {"distilled": str(distilled), "teacher": str(teacher)}, out / "relabel")
+        summary["labels"] = run_stage(state, out, "relabel", relabel.main, cfg)
+
+    # 5. evaluate: SC-DD set vs a random real subset, same protocol
+    values = {"distilled": str(distilled), "teacher": str(teacher), "label_modes": list(config.label_modes),
+              "seeds": list(config.seeds), "random_baseline": config.random_baseline, "arch": config.arch,
+              "width": config.width}
+    if config.eval_epochs is not None:
+        values["epochs"] = config.eval_epochs
+    cfg = stage_config(config, evaluate.EvaluateConfig, "evaluate", values, out / "evaluate")
+    report = run_stage(state, out, "evaluate", evaluate.main, cfg)
+
+    # 6. the pictures a person looks at first
+    if state.is_main_process:
+        _collect_figures(out, Path(str(distilled)))
+        backbones = [str(recovery_model)] + ([str(teacher)] if teacher != recovery_model and Path(str(teacher)).exists() else [])
+        labels = [config.squeeze_method if not config.backbone else "recovery"] + (["supervised teacher"] if len(backbones) > 1 else [])
+        bn_cfg = config_from_dict(bn_report.InspectBNConfig, {**_shared(config), "output_dir": str(out / "bn_stats"),
+                                                               "backbones": backbones, "labels": labels})
+        bn_report.inspect_bn(bn_cfg)
+        results_md = (out / "evaluate" / "results.md").read_text() if (out / "evaluate" / "results.md").exists() else ""
+        atomic_write_text(out / "results.md", results_md)
+        print("\n" + results_md, flush=True)
+    state.wait_for_everyone()
+
+    if config.push_to_hub:
+        summary["pushed"] = push_artefacts(state, config, recovery_model, distilled, out / "evaluate" / "student")
+    summary["results"] = (report or {}).get("results")
+    if state.is_main_process:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def _collect_figures(out: Path, distilled: Path) -> None:
+    grid = distilled / "grid.png"
+    if grid.exists():
+        shutil.copyfile(grid, out / "grid.png")
+
+
+def push_artefacts(state, config: PipelineConfig, recovery_model, distilled, student_dir: Path) -> dict[str, str]:
+    """Push backbone, distilled set (with its soft labels) and student under ``config.push_to_hub`` (a namespace).
+
+    The folders are uploaded as they are, so each keeps the card its stage wrote (probe accuracy, provenance,
+    evaluation results).
+    """
+    from .hub import push_distilled, push_model_folder
+
+    if not state.is_main_process:
+        return {}
+    namespace = config.push_to_hub.strip("/")
+    name = f"{Path(str(config.dataset)).name.replace('_', '-')}-scdd-ipc{config.ipc}"
+    repos = {"backbone": f"{namespace}/{name}-backbone", "distilled": f"{namespace}/{name}"}
+    push_model_folder(str(recovery_model), repos["backbone"])
+    push_distilled(str(distilled), repos["distilled"])
+    if (student_dir / "model.safetensors").exists():
+        repos["student"] = f"{namespace}/{name}-student"
+        push_model_folder(str(student_dir), repos["student"])
+    return repos
+
+
+def main(config: PipelineConfig) -> dict[str, Any]:
+    """``hf-scdd pipeline [--config configs/fashion_mnist.yaml] [--field value ...]``."""
+    return run(config)
