@@ -40,6 +40,7 @@ from .relabel import (
     distilled_images,
     load_distilled_set,
     teacher_fn,
+    uses_cpu,
 )
 
 logger = logging.getLogger(__name__)
@@ -270,7 +271,8 @@ def train_student(
     model = accelerator.unwrap_model(student)
     if accelerator.is_main_process:
         atomic_write_text(Path(run_dir) / "result.json", json.dumps(result, indent=2) + "\n")
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group the next run needs
+        tracker.finish()
     accelerator.free_memory()
     return result, model
 
@@ -397,7 +399,7 @@ def run_evaluation(
 
     from .data import load_image_dataset
 
-    state = PartialState()
+    state = PartialState(cpu=uses_cpu(config.cpu))  # as make_accelerator decides, or ranks see 1 process
     modes = list(dict.fromkeys(config.label_modes))
     for mode in modes:
         if mode not in LABEL_MODES:

@@ -408,6 +408,12 @@ class RelabelConfig(PostTrainViewFields, StageConfig):
     label_dtype: str = field(default="fp16", metadata={"help": "'fp16' or 'int8' (per-row scale) logit values."})
 
 
+def uses_cpu(cpu: bool) -> bool:
+    """The CPU decision of ``make_accelerator`` (flag or ``ACCELERATE_USE_CPU``): a ``PartialState`` created
+    first must agree with it, or under ``accelerate launch`` on CPU every rank believes it is alone."""
+    return bool(cpu) or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+
+
 def distilled_images(dataset, channels: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode a distilled ``datasets.Dataset`` (image + ClassLabel) to uint8 [N, C, S, S] and int64 [N]."""
     from .data import decode_images
@@ -469,7 +475,7 @@ def relabel(
         raise ConfigError(f"--mode must be 'fkd' or 'compact', got {config.mode!r}")
     if config.epochs < 1 or config.batch_size < 1:
         raise ConfigError("--epochs and --batch_size must be >= 1")
-    state = PartialState() if accelerator is None else accelerator.state
+    state = PartialState(cpu=uses_cpu(config.cpu)) if accelerator is None else accelerator.state
     labels_dir = Path(labels_dir)
     if state.is_main_process:
         labels_dir.mkdir(parents=True, exist_ok=True)

@@ -206,6 +206,9 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, global_step: int, keep: int = 2) -> None:
     """``save_state`` into ``checkpoints/step_N``; a ``DONE`` marker makes a half-written one invisible."""
     folder = Path(output_dir) / CHECKPOINT_DIR / f"step_{global_step}"
+    # every rank writes its RNG state into the folder, but save_state creates it on the main process only
+    folder.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(folder))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
