@@ -212,7 +212,7 @@ def test_two_process_squeeze(tiny_dataset, tmp_path):
 
 def test_kill_and_resume(tiny_dataset, tmp_path):
     out = tmp_path / "resume"
-    cmd = [sys.executable, "-m", "hf_scdd", "squeeze", *_squeeze_args(tiny_dataset, out, epochs=10, checkpoint_steps=1)]
+    cmd = [sys.executable, "-m", "hf_scdd", "squeeze", *_squeeze_args(tiny_dataset, out, epochs=6, checkpoint_steps=1)]
     first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     try:
@@ -230,6 +230,6 @@ def test_kill_and_resume(tiny_dataset, tmp_path):
     assert second.returncode == 0, log[-3000:]
     assert "resuming from" in log and "step_" in log
     steps = [row["step"] for row in _metrics(out)]
-    assert steps[-1] == 10 * 4
+    assert steps[-1] == 6 * 4
     assert steps.count(1) == 1  # the second run continued instead of starting over from step 1
-    assert ResNet.from_pretrained(out / BACKBONE_DIR).training_info["epochs"] == 10
+    assert ResNet.from_pretrained(out / BACKBONE_DIR).training_info["epochs"] == 6

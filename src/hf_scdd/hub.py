@@ -261,7 +261,8 @@ def push_distilled(
 
     Working folders (``units/``, ``logs/``, ``checkpoints/``) and hidden temp files stay local. Remote parquet
     shards that the folder no longer has (a re-push with a different shard count) are deleted in the same
-    commit, so the repo never mixes two runs' images (remote ``soft_labels/`` files are left alone). Returns the commit's URL.
+    commit, so the repo never mixes two runs' images; likewise remote ``soft_labels/`` files when the folder has
+    ``soft_labels/`` (otherwise they are left alone, e.g. pushed by ``hf-scdd relabel``). Returns the commit's URL.
     """
     from huggingface_hub import HfApi
 
@@ -279,7 +280,9 @@ def push_distilled(
         revision=revision,
         commit_message=commit_message or "Upload SC-DD distilled set (hf_scdd)",
         ignore_patterns=[f"{d}/**" for d in WORKING_DIRS] + [".*", "**/.*"],
-        delete_patterns=[f"{DATA_DIR}/*.parquet"],
+        # a folder with soft labels replaces the remote ones: stale epoch files would mix two relabel runs
+        delete_patterns=[f"{DATA_DIR}/*.parquet"]
+        + ([f"{SOFT_LABELS_DIR}/*"] if (folder / SOFT_LABELS_DIR).is_dir() else []),
     )
     return str(getattr(info, "commit_url", info))
 
@@ -325,3 +328,42 @@ def decode_distilled(dataset, channels: int | None = None) -> tuple[torch.Tensor
         images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
     labels = torch.as_tensor(dataset["label"], dtype=torch.int64)
     return torch.stack(images), labels
+
+
+def push_model_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    private: bool = False,
+    commit_message: str | None = None,
+) -> str:
+    """Upload a saved model folder (backbone, probed teacher, student) to a Hub model repo exactly as it is.
+
+    Unlike ``PyTorchModelHubMixin.push_to_hub``, which re-saves the model and regenerates ``README.md``, this
+    keeps the card the stage wrote (probe accuracy, evaluation results). Working folders (``checkpoints/``,
+    ``logs/``, ``units/``, ``tmp/``) and hidden or ``*.tmp*`` files stay local. Returns the commit's URL.
+    """
+    from huggingface_hub import HfApi
+
+    from .models import BackboneError
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists() or not (folder / "model.safetensors").exists():
+        raise BackboneError(
+            f"{folder} is not a saved model folder (config.json and model.safetensors needed): save it with "
+            "save_pretrained first"
+        )
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    if revision not in (None, "main"):
+        api.create_branch(repo_id, repo_type="model", branch=revision, exist_ok=True)
+    info = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message or "Upload hf_scdd model",
+        ignore_patterns=[f"{d}/**" for d in (*WORKING_DIRS, "tmp")] + [".*", "**/.*", "*.tmp*", "**/*.tmp*"],
+    )
+    return str(getattr(info, "commit_url", info))

@@ -19,8 +19,13 @@ Engineering beyond the reference, none of which changes a unit's result:
   rank r writes shards r, r+N, ...; the main process writes the card and grid after everyone is done.
 * **Grouped recovery.** ``G`` units with the same batch size share one forward pass ([G*B, C, H, W]) with BN
   statistics per unit (:class:`~hf_scdd.core.bn_stats.BNStatsRecorder` groups) and a summed loss, so each
-  unit's gradient is exactly its own; Adam and the schedule are element-wise and the model is in eval mode,
-  so results equal one-by-one recovery up to float rounding. ``--group_size 0`` picks G from free memory.
+  unit's gradient is mathematically its own; Adam and the schedule are element-wise and the model is in eval
+  mode, so each step equals one-by-one recovery up to float rounding (measured: ≤1e-8 on input gradients; on
+  CPU only the classifier GEMM is not batch-invariant). SC-DD's optimisation amplifies rounding over hundreds
+  of Adam steps, though, so *bit*-reproducibility needs a fixed grouping: the groups are a fixed partition of
+  the unit list (consecutive blocks of ``group_size``), whole groups are assigned to processes, and the
+  resolved ``group_size`` is recorded in config.json (``--group_size 0`` resolves it from the model's
+  activation size and the device's *total* memory, so reruns on the same machine agree).
 * **Resumable.** Each finished unit is written atomically to ``units/<name>.safetensors``; a rerun skips it. A
   changed config in the same folder is refused.
 """
@@ -173,13 +178,17 @@ class RecoverConfig(StageConfig):
         metadata={"help": "png (lossless, rounded) or jpeg (quality 75, truncated: the reference's format)."},
     )
     group_size: int = field(
-        default=0, metadata={"help": "Units stacked in one forward pass; 0 = automatic from free memory."}
+        default=0,
+        metadata={"help": "Units stacked in one forward pass (a fixed partition of the units, recorded in "
+                  "config.json); 0 = automatic from the activation size and the device's total memory."},
     )
     max_group_size: int = field(default=16, metadata={"help": "Upper bound for the automatic group size."})
     log_every: int = field(default=50, metadata={"help": "Log CE/BN every N steps (a device sync each time)."})
 
     # Fields that do not change the images (beyond float rounding for the group size).
-    RUNTIME_FIELDS = StageConfig.RUNTIME_FIELDS + ("group_size", "max_group_size", "log_every")
+    # (group_size is NOT runtime-only: it changes float rounding, which SC-DD's optimisation amplifies.)
+    # output_dir is runtime-only too: a moved (or copied) folder still resumes.
+    RUNTIME_FIELDS = StageConfig.RUNTIME_FIELDS + ("output_dir", "max_group_size", "log_every")
 
 
 def choose_preset(config: RecoverConfig, dataset_name: str, image_size: int) -> str:
@@ -396,46 +405,40 @@ def to_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], image
 
 
 def auto_group_size(
-    model: nn.Module, batch: int, channels: int, image_size: int, device: torch.device, cap: int
+    model: nn.Module, batch: int, channels: int, image_size: int, device_type: str, cap: int
 ) -> int:
-    """How many units fit in one forward pass: measured peak of one unit's step against free memory.
+    """How many units of ``batch`` images to stack, from the model's activation size and total device memory.
 
-    CUDA: the peak of a real forward+backward of one unit versus ``torch.cuda.mem_get_info`` (60 % of it).
-    CPU: the sum of every module's output size (×3 for saved activations and gradients) versus a quarter of
-    ``MemAvailable``. Capped at ``cap``.
+    The per-unit cost is the sum of every leaf module's output size for one unit (a no-grad dry run on the
+    CPU), ×3 for the activations autograd keeps plus their gradients. It is compared with 40 % of the
+    device's *total* memory (``torch.cuda.get_device_properties`` or ``MemTotal``), not the free memory, so the
+    answer is the same on every rerun on the same machine. Capped at ``cap``.
     """
-    x = torch.zeros(batch, channels, image_size, image_size, device=device, requires_grad=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        _logits(model(x)).float().sum().backward()
-        per_unit = max(1, torch.cuda.max_memory_allocated(device) - before)
-        free = torch.cuda.mem_get_info(device)[0]
-        fit = int(0.6 * free // per_unit)
+    sizes: list[int] = []
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * 4) if torch.is_tensor(out) else None)
+        for m in model.modules()
+        if not list(m.children())
+    ]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(batch, channels, image_size, image_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    per_unit = max(1, 3 * sum(sizes))
+    if device_type == "cuda":
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     else:
-        sizes: list[int] = []
-        handles = [
-            m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel() * out.element_size()))
-            for m in model.modules()
-            if not list(m.children())
-        ]
-        try:
-            with torch.no_grad():
-                model(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-        per_unit = max(1, 3 * sum(sizes))
-        fit = int(0.25 * _available_memory() // per_unit)
-    return max(1, min(cap, fit))
+        total = _total_memory()
+    return max(1, min(cap, int(0.4 * total // per_unit)))
 
 
-def _available_memory() -> int:
+def _total_memory() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith("MemTotal:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -443,7 +446,8 @@ def _available_memory() -> int:
 
 
 def make_groups(units: Sequence[Unit], group_size: int) -> list[list[Unit]]:
-    """Consecutive units with the same batch size, ``group_size`` at a time."""
+    """The fixed partition of ``units`` into groups: consecutive units with the same batch size,
+    ``group_size`` at a time (a smaller last class chunk forms its own groups)."""
     groups: list[list[Unit]] = []
     by_size: dict[int, list[Unit]] = {}
     for unit in units:
@@ -527,10 +531,31 @@ def prepare(config: RecoverConfig) -> RecoverContext:
     config = resolve_config(config, data.name, image_size or data.image_size)
     units = plan_units(data.num_classes, config.ipc, config.classes_per_batch, config.seed)
     model.eval().requires_grad_(False)
+    if config.group_size == 0:
+        largest = max(sum(1 for u in units if len(u.classes) == len(v.classes)) for v in units)
+        device_type = "cuda" if torch.cuda.is_available() and not _cpu_requested(config) else "cpu"
+        group_size = auto_group_size(model, len(units[0].classes), channels, config.image_size, device_type,
+                                     min(config.max_group_size, largest))
+        config = replace(config, group_size=group_size)
     return RecoverContext(
         config=config, model=model, class_names=data.class_names, dataset_name=data.name, channels=channels,
         mean=list(mean), std=list(std), backbone_revision=revision, units=units,
     )
+
+
+def _cpu_requested(config: RecoverConfig) -> bool:
+    return config.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+
+
+def check_launch(config: RecoverConfig) -> None:
+    """Refuse a multi-process CPU launch without ``--cpu``: each process would run everything as rank 0."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.cuda.is_available() and not _cpu_requested(config):
+        raise ConfigError(
+            f"launched as {world} processes on a machine without GPUs, but the stage was not told to use the "
+            "CPU, so every process would believe it is rank 0 and redo all the work. Pass --cpu true (or export "
+            "ACCELERATE_USE_CPU=1)."
+        )
 
 
 def shard_plan(units: Sequence[Unit], num_processes: int) -> list[list[Unit]]:
@@ -546,6 +571,7 @@ def main(config: RecoverConfig) -> Path:
 
     from .core.loops import make_accelerator
 
+    check_launch(config)
     context = prepare(config)
     config = context.config
     out = Path(config.output_dir)
@@ -557,23 +583,18 @@ def main(config: RecoverConfig) -> Path:
     model = context.model.to(accelerator.device)
     spec = SynthesisSpec.from_config(config, context.channels, context.mean, context.std)
 
-    remaining = [u for u in context.units if not unit_path(out, u).exists()]
+    groups = make_groups(context.units, config.group_size)
+    remaining = [g for g in groups if not all(unit_path(out, u).exists() for u in g)]
     accelerator.wait_for_everyone()  # every rank listed the same finished units before anyone adds one
     with accelerator.split_between_processes(remaining) as mine:
         mine = list(mine)
-    group_size = config.group_size
-    if group_size == 0 and mine:
-        group_size = auto_group_size(
-            model, len(mine[0].classes), spec.channels, spec.image_size, accelerator.device,
-            min(config.max_group_size, len(mine)),
-        )
     if mine:
-        logger.info("rank %d: %d of %d units to do, %d per forward pass", accelerator.process_index, len(mine),
-                    len(context.units), group_size)
-    bar = tqdm(total=len(mine) * spec.iterations, desc="recover", disable=not accelerator.is_local_main_process,
-               dynamic_ncols=True)
+        logger.info("rank %d: %d of %d groups of %d unit(s) to do", accelerator.process_index, len(mine),
+                    len(groups), config.group_size)
+    bar = tqdm(total=sum(len(g) for g in mine) * spec.iterations, desc="recover",
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     done_steps = 0
-    for group in make_groups(mine, group_size or 1):
+    for group in mine:
         def on_step(step: int, ce: torch.Tensor, bn: torch.Tensor, _n=len(group)) -> None:
             nonlocal done_steps
             done_steps += _n
@@ -588,7 +609,8 @@ def main(config: RecoverConfig) -> Path:
                                      on_step=on_step)
         pixels = to_uint8(x, spec.mean, spec.std, spec.image_format)
         for g, unit in enumerate(group):
-            save_unit(out, unit, pixels[g], float(ce[g]), float(bn[g]))
+            if not unit_path(out, unit).exists():  # a resumed group: its finished units are already there
+                save_unit(out, unit, pixels[g], float(ce[g]), float(bn[g]))
     bar.close()
     accelerator.wait_for_everyone()
 
