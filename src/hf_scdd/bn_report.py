@@ -63,6 +63,7 @@ def plot_bn_stats(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (used via matplotlib.ticker)
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
     for ax, stat in zip(axes.flat, STATS):
@@ -70,7 +71,11 @@ def plot_bn_stats(report: dict, path: Path) -> None:
             values = [r[stat] for r in entry["layers"]]
             ax.plot(range(len(values)), values, marker="o", markersize=3, label=label)
         ax.set_title(stat.replace("_", " "))
-        ax.set_yscale("symlog", linthresh=1e-2)
+        if stat == "mean_of_running_mean":  # signed
+            ax.set_yscale("symlog", linthresh=1e-2)
+        else:  # positive: log scale with readable ticks
+            ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatterSciNotation(labelOnlyBase=False))
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("BN layer (module order)")

@@ -536,11 +536,9 @@ def save_student(model, config: EvaluateConfig, data: ImageData, report: dict, f
     )
     render_student_card(card_data).save(str(folder / "README.md"))
     if config.push_to_hub:
-        from huggingface_hub import HfApi
+        from .hub import push_model_folder
 
-        api = HfApi()
-        api.create_repo(config.push_to_hub, exist_ok=True)
-        api.upload_folder(repo_id=config.push_to_hub, folder_path=str(folder), commit_message="hf-scdd evaluate student")
+        push_model_folder(folder, config.push_to_hub, commit_message="hf-scdd evaluate student")
 
 
 def main(config: EvaluateConfig) -> dict[str, Any]:

@@ -575,6 +575,7 @@ def main(config: RelabelConfig) -> dict[str, Any]:
     if config.push_to_hub and accelerator.is_main_process:
         from huggingface_hub import HfApi
 
+        HfApi().create_repo(config.push_to_hub, repo_type="dataset", exist_ok=True)
         HfApi().upload_folder(
             repo_id=config.push_to_hub, repo_type="dataset", folder_path=str(labels_dir),
             path_in_repo=LABELS_DIRNAME, commit_message="Add soft labels (hf-scdd relabel)",
