@@ -61,8 +61,8 @@ def build_model(channels: int, size: int, classes: int, device: str):
 
 def reference_loop(model, batch: int, channels: int, size: int, iterations: int, device: str) -> None:
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
+    from torch import nn
 
     class Hook:
         def __init__(self, module):
@@ -176,7 +176,7 @@ def launch(shape: str, mode: str, units: int, group: int, processes: int, iterat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shapes", default="builtin,cifar100")
     parser.add_argument("--threads", type=int, default=1,

@@ -30,9 +30,8 @@ def test_model_without_batchnorm_is_refused():
 
 def test_training_mode_is_refused():
     model = small_bn_model().train()
-    with pytest.raises(BNStatsError, match="model.eval"):
-        with BNStatsRecorder(model):
-            pass
+    with pytest.raises(BNStatsError, match="model.eval"), BNStatsRecorder(model):
+        pass
 
 
 def test_group_statistics_equal_per_slice_statistics():

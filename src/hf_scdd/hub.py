@@ -20,9 +20,10 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -303,7 +304,7 @@ def load_distilled(repo_id_or_folder: str | os.PathLike, revision: str | None = 
 
         try:
             path = Path(snapshot_download(str(repo_id_or_folder), repo_type="dataset", revision=revision))
-        except Exception as err:  # noqa: BLE001 - re-raised with the fix
+        except Exception as err:
             raise DistilledSetError(
                 f"could not fetch distilled set {repo_id_or_folder!r} (revision {revision!r}): "
                 f"{type(err).__name__}: {err}. Pass a local folder or an existing Hub dataset repo id."

@@ -35,9 +35,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -320,7 +321,7 @@ class SynthesisSpec:
     image_format: str = "png"
 
     @classmethod
-    def from_config(cls, config: RecoverConfig, channels: int, mean, std) -> "SynthesisSpec":
+    def from_config(cls, config: RecoverConfig, channels: int, mean, std) -> SynthesisSpec:
         return cls(
             iterations=config.iterations, lr=config.lr, r_bn=config.r_bn,
             first_bn_multiplier=config.first_bn_multiplier, jitter=config.jitter,

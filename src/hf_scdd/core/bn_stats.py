@@ -22,7 +22,7 @@ reduces them after the forward pass.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -87,7 +87,7 @@ class BNStatsRecorder:
         self._targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # -- hook management -------------------------------------------------------------------------------
-    def __enter__(self) -> "BNStatsRecorder":
+    def __enter__(self) -> BNStatsRecorder:
         training = [i for i, layer in enumerate(self.layers) if layer.training]
         if training:
             raise BNStatsError(
