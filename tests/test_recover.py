@@ -382,3 +382,12 @@ def test_push_to_hub_and_load_distilled_round_trip(assets, reference_run, fake_h
     assert revision is not None and len(revision) == 40
     assert soft_labels.parent.name == revision  # table and labels from the one resolved snapshot
     assert datasets.load_dataset(hub_repo_id, split="train")["label"] == table["label"]
+
+
+def test_jpeg_format_reproduces_the_reference_encoding(assets, tmp_path):
+    import datasets
+
+    main(recover_config(assets, tmp_path / "jpeg", classes_per_batch=2, ipc=1, image_format="jpeg"))
+    ds = datasets.load_dataset(str(tmp_path / "jpeg"), split="train")
+    assert ds.num_rows == 4 and ds[0]["image"].format == "JPEG"
+    assert "JPEG (quality 75" in (tmp_path / "jpeg" / "README.md").read_text()
