@@ -10,6 +10,7 @@ import torch
 
 from hf_scdd.configs import ConfigError
 from hf_scdd.core.augment import ViewSpec, make_epoch_plan, render_batch
+from hf_scdd.hub import load_distilled
 from hf_scdd.relabel import (
     FORMAT_VERSION,
     RelabelConfig,
@@ -18,7 +19,6 @@ from hf_scdd.relabel import (
     decode_logits,
     encode_logits,
     epoch_file,
-    load_distilled_set,
     relabel,
     replay,
     teacher_fn,
@@ -28,7 +28,7 @@ from relabel_eval_helpers import tiny_teacher, write_distilled
 
 def _setup(tmp_path: Path, **overrides):
     folder = write_distilled(tmp_path / "dist", ipc=4)
-    dataset, _, _ = load_distilled_set(str(folder))
+    dataset, _, _ = load_distilled(str(folder))
     from hf_scdd.relabel import distilled_images
 
     images, _ = distilled_images(dataset, 1, 12)

@@ -68,9 +68,12 @@ def backbone_card_data(model) -> BackboneCardData:
     )
 
 
-def _hub_id(name: str | None) -> str | None:
-    """Only Hub-looking ids (``owner/name``, not local paths) may go in ``datasets``/``base_model``."""
-    if not name or name.startswith((".", "/", "~")) or name.count("/") != 1:
+def hub_id(name: str | None) -> str | None:
+    """``name`` if it is a Hub id (``owner/name``, not a local path), else None: only Hub ids may go in card
+    metadata such as ``datasets``/``base_model``/``source_datasets``."""
+    import os
+
+    if not name or os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") != 1:
         return None
     return name
 
@@ -83,7 +86,7 @@ def render_model_card(model) -> ModelCard:
         eval_results = [
             EvalResult(
                 task_type="image-classification",
-                dataset_type=_hub_id(data.dataset) or (data.dataset or "unknown"),
+                dataset_type=hub_id(data.dataset) or (data.dataset or "unknown"),
                 dataset_name=data.dataset or "unknown",
                 dataset_split="test",
                 metric_type="accuracy",
@@ -96,8 +99,8 @@ def render_model_card(model) -> ModelCard:
         library_name="hf_scdd",
         license="apache-2.0",
         tags=[t for t in tags if t],
-        datasets=[d for d in [_hub_id(data.dataset)] if d] or None,
-        base_model=_hub_id(data.base_model),
+        datasets=[d for d in [hub_id(data.dataset)] if d] or None,
+        base_model=hub_id(data.base_model),
         model_name=f"{data.arch}-{data.method}",
         eval_results=eval_results,
         pipeline_tag="image-classification",
@@ -138,7 +141,7 @@ def render_student_card(data: StudentCardData) -> ModelCard:
     eval_results = [
         EvalResult(
             task_type="image-classification",
-            dataset_type=_hub_id(data.dataset) or data.dataset,
+            dataset_type=hub_id(data.dataset) or data.dataset,
             dataset_name=data.dataset,
             dataset_split="test",
             metric_type="accuracy",
@@ -146,13 +149,13 @@ def render_student_card(data: StudentCardData) -> ModelCard:
             metric_value=round(float(data.final_top1_mean), 4),
         )
     ]
-    datasets = [d for d in (_hub_id(data.distilled), _hub_id(data.dataset)) if d]
+    datasets = [d for d in (hub_id(data.distilled), hub_id(data.dataset)) if d]
     card_data = ModelCardData(
         library_name="hf_scdd",
         license="apache-2.0",
         tags=["dataset-distillation", "sc-dd", "knowledge-distillation", f"labels-{data.label_mode}"],
         datasets=datasets or None,
-        base_model=_hub_id(data.teacher),
+        base_model=hub_id(data.teacher),
         model_name=f"{data.arch}-student-{data.label_mode}",
         eval_results=eval_results,
         pipeline_tag="image-classification",

@@ -33,6 +33,12 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def configure_logging() -> None:
+    """hf_scdd's own progress at INFO; libraries (accelerate's per-checkpoint lines, datasets) at WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("hf_scdd").setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -44,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     module_name, config_name, _ = STAGES[stage]
     module = importlib.import_module(module_name)
     config = parse_config(getattr(module, config_name), rest, prog=f"hf-scdd {stage}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     stage_main = getattr(module, "main" if stage not in ("probe", "inspect-bn") else stage.replace("-", "_"))
     stage_main(config)
 

@@ -33,12 +33,12 @@ import torch.nn.functional as F
 from .configs import ConfigError, StageConfig, atomic_write_text, check_or_write_config
 from .core.augment import EpochPlan, make_epoch_plan, render_batch
 from .data import ImageData, normalize, per_class_subset
+from .hub import load_distilled
 from .relabel import (
     InMemoryLabels,
     PostTrainViewFields,
     SoftLabelStore,
     distilled_images,
-    load_distilled_set,
     teacher_fn,
     uses_cpu,
 )
@@ -415,7 +415,7 @@ def run_evaluation(
     if distilled is None:
         if not config.distilled:
             raise ConfigError("evaluate needs --distilled FOLDER_OR_REPO")
-        distilled, labels_dir, _ = load_distilled_set(config.distilled, config.revision)
+        distilled, labels_dir, _ = load_distilled(config.distilled, config.revision)
     _check_classes(distilled, data)
     images, labels = distilled_images(distilled, data.channels, data.image_size)
     needs_teacher = "online" in modes or ("stored" in modes and config.random_baseline)
@@ -453,7 +453,6 @@ def run_evaluation(
         atomic_write_text(output / "results.json", json.dumps(report, indent=2, default=str) + "\n")
         atomic_write_text(output / "results.md", markdown_report(table, metrics, f"Evaluation of {config.distilled}"))
         plot_curves(runs, output / "curves.png")
-        print(markdown_report(table, metrics, f"Evaluation of {config.distilled}"))
         if student_saved is not None:
             save_student(student_saved, config, data, report, output / "student", modes[0])
     state.wait_for_everyone()
@@ -543,4 +542,9 @@ def save_student(model, config: EvaluateConfig, data: ImageData, report: dict, f
 
 def main(config: EvaluateConfig) -> dict[str, Any]:
     """``hf-scdd evaluate --distilled FOLDER_OR_REPO [--teacher ...] [--label_modes online stored hard]``."""
-    return run_evaluation(config)
+    report = run_evaluation(config)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(markdown_report(report["results"], report["metrics"], f"Evaluation of {config.distilled}"))
+    return report

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .cards import hub_id
+
 DATA_DIR = "data"
 SOFT_LABELS_DIR = "soft_labels"
 WORKING_DIRS = ("units", "logs", "checkpoints")
@@ -183,12 +185,6 @@ class DistilledSetCardData:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _hub_id(name: str | None) -> str | None:
-    if not name or os.path.exists(name) or name.startswith((".", "/", "~")) or name.count("/") != 1:
-        return None
-    return name
-
-
 def render_dataset_card(data: DistilledSetCardData, num_bytes: int):
     """A ``huggingface_hub.DatasetCard`` with ``configs``, ``dataset_info`` and an ``hf_scdd`` provenance key."""
     from datasets.info import DatasetInfo, DatasetInfosDict
@@ -203,7 +199,7 @@ def render_dataset_card(data: DistilledSetCardData, num_bytes: int):
         task_categories=["image-classification"],
         tags=["dataset-distillation", "sc-dd", "synthetic", "hf_scdd"],
         size_categories=[size_category],
-        source_datasets=[d for d in [_hub_id(data.source_dataset)] if d] or None,
+        source_datasets=[d for d in [hub_id(data.source_dataset)] if d] or None,
         pretty_name=f"SC-DD distilled {data.source_dataset} (IPC {data.ipc})",
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": f"{DATA_DIR}/train-*"}]}],
         hf_scdd={
@@ -230,7 +226,7 @@ def render_dataset_card(data: DistilledSetCardData, num_bytes: int):
         template_str=template_text("dataset.md"),
         card=asdict(data),
         config_json=json.dumps(data.recover_config, indent=2, sort_keys=True, default=str),
-        backbone_hub_id=_hub_id(data.backbone),
+        backbone_hub_id=hub_id(data.backbone),
     )
 
 
@@ -265,27 +261,16 @@ def push_distilled(
     commit, so the repo never mixes two runs' images; likewise remote ``soft_labels/`` files when the folder has
     ``soft_labels/`` (otherwise they are left alone, e.g. pushed by ``hf-scdd relabel``). Returns the commit's URL.
     """
-    from huggingface_hub import HfApi
-
     folder = Path(folder)
     if not (folder / "README.md").exists() or not list((folder / DATA_DIR).glob("*.parquet")):
         raise DistilledSetError(f"{folder} is not a finished distilled set (README.md and data/*.parquet needed)")
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    if revision not in (None, "main"):
-        api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
-    info = api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        repo_type="dataset",
-        revision=revision,
+    return upload_folder_to_repo(
+        folder, repo_id, repo_type="dataset", revision=revision, private=private,
         commit_message=commit_message or "Upload SC-DD distilled set (hf_scdd)",
-        ignore_patterns=[f"{d}/**" for d in WORKING_DIRS] + [".*", "**/.*"],
         # a folder with soft labels replaces the remote ones: stale epoch files would mix two relabel runs
         delete_patterns=[f"{DATA_DIR}/*.parquet"]
         + ([f"{SOFT_LABELS_DIR}/*"] if (folder / SOFT_LABELS_DIR).is_dir() else []),
     )
-    return str(getattr(info, "commit_url", info))
 
 
 def load_distilled(repo_id_or_folder: str | os.PathLike, revision: str | None = None):
@@ -345,8 +330,6 @@ def push_model_folder(
     keeps the card the stage wrote (probe accuracy, evaluation results). Working folders (``checkpoints/``,
     ``logs/``, ``units/``, ``tmp/``) and hidden or ``*.tmp*`` files stay local. Returns the commit's URL.
     """
-    from huggingface_hub import HfApi
-
     from .models import BackboneError
 
     folder = Path(folder)
@@ -355,16 +338,36 @@ def push_model_folder(
             f"{folder} is not a saved model folder (config.json and model.safetensors needed): save it with "
             "save_pretrained first"
         )
+    return upload_folder_to_repo(
+        folder, repo_id, repo_type="model", revision=revision, private=private,
+        commit_message=commit_message or "Upload hf_scdd model",
+    )
+
+
+def upload_folder_to_repo(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    repo_type: str,
+    revision: str | None,
+    private: bool,
+    commit_message: str,
+    delete_patterns: Sequence[str] = (),
+) -> str:
+    """Create the repo (and branch) if needed and upload ``folder`` in one commit, leaving working files local."""
+    from huggingface_hub import HfApi
+
     api = HfApi()
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
     if revision not in (None, "main"):
-        api.create_branch(repo_id, repo_type="model", branch=revision, exist_ok=True)
+        api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
     info = api.upload_folder(
         folder_path=str(folder),
         repo_id=repo_id,
-        repo_type="model",
+        repo_type=repo_type,
         revision=revision,
-        commit_message=commit_message or "Upload hf_scdd model",
+        commit_message=commit_message,
         ignore_patterns=[f"{d}/**" for d in (*WORKING_DIRS, "tmp")] + [".*", "**/.*", "*.tmp*", "**/*.tmp*"],
+        delete_patterns=list(delete_patterns) or None,
     )
     return str(getattr(info, "commit_url", info))

@@ -54,7 +54,7 @@ class PipelineConfig(StageConfig):
         default_factory=lambda: ["online"],
         metadata={"help": "Post-training labels: any of online, stored, hard ('stored' runs relabel first)."},
     )
-    eval_epochs: int | None = field(default=None, metadata={"help": "Post-training epochs (evaluate default if unset)."})
+    eval_epochs: int = field(default=100, metadata={"help": "Post-training epochs of every student."})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Student seeds (mean ± std)."})
     random_baseline: bool = field(default=True, metadata={"help": "Also train on a random real subset, same protocol."})
     squeeze: str | None = field(default=None, metadata={"help": "YAML/JSON mapping of SqueezeConfig overrides."})
@@ -187,8 +187,7 @@ def run(config: PipelineConfig) -> dict[str, Any]:
     values = {"distilled": str(distilled), "teacher": str(teacher), "label_modes": list(config.label_modes),
               "seeds": list(config.seeds), "random_baseline": config.random_baseline, "arch": config.arch,
               "width": config.width}
-    if config.eval_epochs is not None:
-        values["epochs"] = config.eval_epochs
+    values["epochs"] = config.eval_epochs
     cfg = stage_config(config, evaluate.EvaluateConfig, "evaluate", values, out / "evaluate")
     report = run_stage(state, out, "evaluate", evaluate.main, cfg)
 
@@ -202,7 +201,7 @@ def run(config: PipelineConfig) -> dict[str, Any]:
         bn_report.inspect_bn(bn_cfg)
         results_md = (out / "evaluate" / "results.md").read_text() if (out / "evaluate" / "results.md").exists() else ""
         atomic_write_text(out / "results.md", results_md)
-        print("\n" + results_md, flush=True)
+        print(_artefact_listing(out, recovery_model, teacher, distilled) + "\n\n" + results_md, flush=True)
     state.wait_for_everyone()
 
     if config.push_to_hub:
@@ -211,6 +210,14 @@ def run(config: PipelineConfig) -> dict[str, Any]:
     if state.is_main_process:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def _artefact_listing(out: Path, recovery_model, teacher, distilled) -> str:
+    lines = ["", "# SC-DD pipeline finished", "", f"- recovery model: `{recovery_model}`", f"- teacher: `{teacher}`",
+             f"- distilled set (load_dataset-ready): `{distilled}`", f"- image grid: `{out / 'grid.png'}`",
+             f"- BN statistics: `{out / 'bn_stats' / 'bn_stats.png'}`",
+             f"- results: `{out / 'results.md'}`, curves `{out / 'evaluate' / 'curves.png'}`"]
+    return "\n".join(lines)
 
 
 def _collect_figures(out: Path, distilled: Path) -> None:

@@ -30,6 +30,7 @@ import torch
 from .configs import ConfigError, StageConfig, atomic_write_text, check_or_write_config
 from .core.augment import EpochPlan, ViewSpec, make_epoch_plan, render_batch
 from .data import normalize
+from .hub import load_distilled
 
 logger = logging.getLogger(__name__)
 
@@ -429,27 +430,6 @@ def image_nbytes(dataset) -> int:
     return sum(len(x["image"]["bytes"] or b"") for x in raw)
 
 
-def load_distilled_set(name_or_path: str, revision: str | None = None):
-    """``(train Dataset, soft_labels folder or None, resolved revision)`` from a folder or the Hub.
-
-    Uses :func:`hf_scdd.hub.load_distilled` (one resolved revision for table and labels) when available.
-    """
-    try:
-        from .hub import load_distilled
-    except ImportError:
-        load_distilled = None
-    if load_distilled is not None:
-        ds, labels, rev = load_distilled(name_or_path, revision=revision)
-        return ds, (str(labels) if labels else None), rev
-    if not os.path.isdir(name_or_path):
-        raise ConfigError(f"distilled set {name_or_path!r} is not a folder (and hf_scdd.hub is unavailable)")
-    import datasets
-
-    ds = datasets.load_dataset(str(name_or_path), split="train")
-    labels = Path(name_or_path) / LABELS_DIRNAME
-    return ds, (str(labels) if labels.is_dir() else None), None
-
-
 def resolve_labels_dir(config: RelabelConfig) -> Path:
     if config.labels_dir:
         return Path(config.labels_dir)
@@ -563,7 +543,7 @@ def main(config: RelabelConfig) -> dict[str, Any]:
     accelerator = make_accelerator(
         labels_dir, cpu=config.cpu, mixed_precision=config.mixed_precision, report_to="none", run_name="relabel"
     )
-    dataset, _, _ = load_distilled_set(config.distilled, config.revision)
+    dataset, _, _ = load_distilled(config.distilled, config.revision)
     teacher = load_backbone(config.teacher, revision=config.teacher_revision)
     channels = int(getattr(teacher, "in_channels", 0) or (1 if dataset[0]["image"].mode == "L" else 3))
     image_size = int(max(dataset[0]["image"].size))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
 from torch import nn
 
 from ..cards import render_model_card
