@@ -25,6 +25,13 @@ from .configs import ConfigError, StageConfig, atomic_write_text, check_or_write
 
 logger = logging.getLogger(__name__)
 
+# Post-training protocols (method.md §4, §8.6): fields shared by RelabelConfig and EvaluateConfig.
+EVAL_PROTOCOLS: dict[str, dict[str, Any]] = {
+    "cifar": dict(crop="pad", crop_pad=4, flip=True, mix="mixup", mix_alpha=0.8, temperature=30.0),
+    "imagenet": dict(crop="rrc", crop_scale_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0, temperature=20.0),
+    "none": {},
+}
+
 STAGE_NAMES = ("squeeze", "teacher", "probe", "recover", "relabel", "evaluate")
 
 
@@ -55,6 +62,12 @@ class PipelineConfig(StageConfig):
         metadata={"help": "Post-training labels: any of online, stored, hard ('stored' runs relabel first)."},
     )
     eval_epochs: int = field(default=100, metadata={"help": "Post-training epochs of every student."})
+    eval_protocol: str = field(
+        default="auto",
+        metadata={"help": "Post-training views and KD settings shared by relabel and evaluate: 'cifar' (pad-crop, "
+                  "flip, Mixup 0.8, T=30: SC-DD's CIFAR recipe), 'imagenet' (RandomResizedCrop, flip, CutMix, "
+                  "T=20), 'auto' (cifar for images up to 32 px, else imagenet) or 'none' (stage defaults)."},
+    )
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Student seeds (mean ± std)."})
     random_baseline: bool = field(default=True, metadata={"help": "Also train on a random real subset, same protocol."})
     squeeze: str | None = field(default=None, metadata={"help": "YAML/JSON mapping of SqueezeConfig overrides."})
@@ -114,6 +127,16 @@ def run_stage(accelerator_state, out: Path, stage: str, fn, stage_cfg) -> Any:
         atomic_write_text(marker, json.dumps(payload, indent=2) + "\n")
     accelerator_state.wait_for_everyone()
     return json.loads(json.dumps(result, default=str))
+
+
+def eval_protocol(config: PipelineConfig, image_size: int) -> dict[str, Any]:
+    """The post-training protocol fields for relabel and evaluate (both must agree for stored labels)."""
+    name = config.eval_protocol
+    if name == "auto":
+        name = "cifar" if image_size <= 32 else "imagenet"
+    if name not in EVAL_PROTOCOLS:
+        raise ConfigError(f"--eval_protocol must be auto or one of {sorted(EVAL_PROTOCOLS)}, got {name!r}")
+    return dict(EVAL_PROTOCOLS[name])
 
 
 def _has_matching_classifier(backbone: str, num_classes: int) -> bool:
@@ -178,16 +201,17 @@ def run(config: PipelineConfig) -> dict[str, Any]:
     summary["distilled"] = distilled
 
     # 4. relabel (only when stored labels are evaluated)
+    protocol = eval_protocol(config, data.image_size)
     if "stored" in config.label_modes:
         cfg = stage_config(config, relabel.RelabelConfig, "relabel",
-                           {"distilled": str(distilled), "teacher": str(teacher)}, out / "relabel")
+                           {"distilled": str(distilled), "teacher": str(teacher), "epochs": config.eval_epochs,
+                            **protocol}, out / "relabel")
         summary["labels"] = run_stage(state, out, "relabel", relabel.main, cfg)
 
     # 5. evaluate: SC-DD set vs a random real subset, same protocol
     values = {"distilled": str(distilled), "teacher": str(teacher), "label_modes": list(config.label_modes),
               "seeds": list(config.seeds), "random_baseline": config.random_baseline, "arch": config.arch,
-              "width": config.width}
-    values["epochs"] = config.eval_epochs
+              "width": config.width, "epochs": config.eval_epochs, **protocol}
     cfg = stage_config(config, evaluate.EvaluateConfig, "evaluate", values, out / "evaluate")
     report = run_stage(state, out, "evaluate", evaluate.main, cfg)
 
