@@ -213,7 +213,9 @@ def train_student(
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader
 
-    from .core.loops import IndexDataset, cosine_schedule, evaluate_top1, make_accelerator, remove_checkpoints, train
+    from .core.loops import (
+        IndexDataset, cosine_schedule, evaluate_top1, finish_trackers, make_accelerator, remove_checkpoints, train,
+    )
 
     epochs = int(epochs or config.epochs)
     accelerator = make_accelerator(
@@ -271,8 +273,7 @@ def train_student(
     model = accelerator.unwrap_model(student)
     if accelerator.is_main_process:
         atomic_write_text(Path(run_dir) / "result.json", json.dumps(result, indent=2) + "\n")
-    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group the next run needs
-        tracker.finish()
+    finish_trackers(accelerator)
     accelerator.free_memory()
     return result, model
 

@@ -48,7 +48,7 @@ class PipelineConfig(StageConfig):
     squeeze_method: str = field(
         default="mocov2", metadata={"help": "'mocov2' (SC-DD) or 'supervised' (the SRe²L control)."}
     )
-    arch: str = field(default="resnet18", metadata={"help": "Backbone (and student) architecture."})
+    arch: str = field(default="resnet10", metadata={"help": "Backbone, teacher and student architecture."})
     width: int = field(default=16, metadata={"help": "First-stage width of backbone and student (64 = torchvision)."})
     teacher: str = field(
         default="supervised",
@@ -62,6 +62,9 @@ class PipelineConfig(StageConfig):
         metadata={"help": "Post-training labels: any of online, stored, hard ('stored' runs relabel first)."},
     )
     eval_epochs: int = field(default=100, metadata={"help": "Post-training epochs of every student."})
+    eval_every: int = field(
+        default=25, metadata={"help": "Score students on the full test split every N epochs (and the last)."}
+    )
     eval_protocol: str = field(
         default="auto",
         metadata={"help": "Post-training views and KD settings shared by relabel and evaluate: 'cifar' (pad-crop, "
@@ -211,7 +214,7 @@ def run(config: PipelineConfig) -> dict[str, Any]:
     # 5. evaluate: SC-DD set vs a random real subset, same protocol
     values = {"distilled": str(distilled), "teacher": str(teacher), "label_modes": list(config.label_modes),
               "seeds": list(config.seeds), "random_baseline": config.random_baseline, "arch": config.arch,
-              "width": config.width, "epochs": config.eval_epochs, **protocol}
+              "width": config.width, "epochs": config.eval_epochs, "eval_every": config.eval_every, **protocol}
     cfg = stage_config(config, evaluate.EvaluateConfig, "evaluate", values, out / "evaluate")
     report = run_stage(state, out, "evaluate", evaluate.main, cfg)
 

@@ -47,6 +47,7 @@ from .core.augment import ssl_view_augmentation, supervised_view_augmentation, t
 from .core.loops import (
     cosine_schedule,
     evaluate_top1,
+    finish_trackers,
     index_loader,
     make_accelerator,
     remove_checkpoints,
@@ -412,7 +413,7 @@ def main(config: SqueezeConfig) -> Path:
     final = out / BACKBONE_DIR
     if (final / "model.safetensors").exists():
         accelerator.print(f"[squeeze] {final} already exists for this config; nothing to do")
-        accelerator.end_training()
+        finish_trackers(accelerator)
         return final
     if config.batch_size % accelerator.num_processes:
         raise ConfigError(
@@ -459,7 +460,7 @@ def main(config: SqueezeConfig) -> Path:
             backbone.push_to_hub(config.push_to_hub)
         accelerator.print(f"[squeeze] saved {final}")
     remove_checkpoints(accelerator, out)
-    accelerator.end_training()
+    finish_trackers(accelerator)
     return final
 
 
@@ -526,7 +527,7 @@ def probe(config: ProbeConfig) -> Path:
     final = out / MODEL_DIR
     if (final / "model.safetensors").exists():
         accelerator.print(f"[probe] {final} already exists for this config; nothing to do")
-        accelerator.end_training()
+        finish_trackers(accelerator)
         return final
 
     backbone = load_backbone(resolve_backbone_path(config.backbone), revision=config.revision)
@@ -603,5 +604,5 @@ def probe(config: ProbeConfig) -> Path:
             model.push_to_hub(config.push_to_hub)
         accelerator.print(f"[probe] linear-probe top-1 {100 * top1:.2f} % on {data.name} test; saved {final}")
     remove_checkpoints(accelerator, out)
-    accelerator.end_training()
+    finish_trackers(accelerator)
     return final

@@ -319,6 +319,13 @@ def train(
     return progress
 
 
+def finish_trackers(accelerator) -> None:
+    """Close the trackers but keep the process group: ``end_training()`` destroys it, and a pipeline runs
+    several stages (each with its own trackers) in the same processes."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
 def remove_checkpoints(accelerator, output_dir: str | os.PathLike) -> None:
     """Drop the resumption checkpoints once a stage's final output is written."""
     import shutil

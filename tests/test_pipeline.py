@@ -1,0 +1,96 @@
+"""End to end: ``examples/distill.py`` under ``accelerate launch`` with 2 CPU processes, on a tiny config."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from relabel_eval_helpers import write_image_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "arch": "resnet10",
+    "width": 4,
+    "ipc": 2,
+    "iterations": 6,
+    "eval_epochs": 2,
+    "eval_every": 1,
+    "seeds": [0],
+    "label_modes": ["online", "stored", "hard"],
+    "report_to": "none",
+    "squeeze": {"epochs": 1, "batch_size": 16, "moco_k": 32, "moco_dim": 8, "bn_splits": 2},
+    "teacher_squeeze": {"epochs": 1, "batch_size": 16},
+    "probe": {"epochs": 2, "batch_size": 16},
+    "evaluate": {"batch_size": 8},
+    "relabel": {"batch_size": 8},
+}
+
+
+def _launch(config_path: Path, *extra: str, processes: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    port = str(29600 + random.randint(2100, 3900))
+    distributed = ["--multi_gpu", "--main_process_port", port] if processes > 1 else ["--cpu"]
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", *distributed, "--num_processes", str(processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(REPO / "examples" / "distill.py"), "--config", str(config_path), "--cpu", "true", *extra,
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=540, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    dataset = write_image_dataset(root / "dataset", n_train_per_class=16, n_test_per_class=6, num_classes=3, size=12)
+    config = {**TINY, "dataset": str(dataset), "output_dir": str(root / "out")}
+    config_path = root / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    result = _launch(config_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return root / "out", config_path, result
+
+
+def test_two_process_pipeline_writes_every_artefact(tiny_run):
+    out, _, result = tiny_run
+    import datasets
+
+    distilled = datasets.load_dataset(str(out / "distilled"))["train"]
+    assert len(distilled) == 3 * 2
+    assert sorted(distilled["label"]) == [0, 0, 1, 1, 2, 2]
+    assert distilled.features["label"].names == ["c0", "c1", "c2"]
+    assert sorted((out / "distilled" / "soft_labels").glob("epoch_*.safetensors"))
+    for artefact in ("grid.png", "results.md", "summary.json", "bn_stats/bn_stats.png", "evaluate/curves.png",
+                     "evaluate/student/model.safetensors", "probe/model/model.safetensors"):
+        assert (out / artefact).exists(), artefact
+    report = json.loads((out / "evaluate" / "results.json").read_text())
+    assert report["num_processes"] == 2
+    for key in ("distilled/online", "distilled/stored", "distilled/hard", "random/online", "random/hard"):
+        assert key in report["results"], key
+        assert report["results"][key]["test_count"] == 18  # the whole test split, scored once per image
+    # the results table is the last thing printed
+    assert "| distilled | online |" in result.stdout
+    assert "IOR/online" in (out / "results.md").read_text()
+
+
+def test_rerun_skips_finished_stages(tiny_run):
+    out, config_path, _ = tiny_run
+    before = {p: p.stat().st_mtime_ns for p in (out / "distilled" / "data").glob("*.parquet")}
+    result = _launch(config_path, processes=1)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "===== recover =====" not in result.stdout
+    assert {p: p.stat().st_mtime_ns for p in (out / "distilled" / "data").glob("*.parquet")} == before
+
+
+def test_changed_config_is_refused(tiny_run):
+    out, config_path, _ = tiny_run
+    result = _launch(config_path, "--ipc", "3", processes=1)
+    assert result.returncode != 0
+    assert "different config" in (result.stdout + result.stderr)
