@@ -40,7 +40,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--modes", nargs="+", default=["online", "hard"])
     p.add_argument("--iterations", type=int, default=None, help="recovery iterations (recover preset if unset)")
-    p.add_argument("--epochs", type=int, default=100, help="post-training epochs")
+    p.add_argument("--epochs", type=int, default=30, help="post-training epochs")
+    p.add_argument("--eval_every", type=int, default=0, help="score every N epochs (0 = only the final epoch)")
     p.add_argument("--arch", default="resnet10")
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--recover_processes", type=int, default=2)
@@ -70,7 +71,8 @@ def evaluate_set(name: str, distilled, ipc: int, args, data, teacher, random_bas
     config = EvaluateConfig(
         output_dir=str(Path(args.output_dir) / f"eval_{name}_ipc{ipc}"), distilled=f"{name}-ipc{ipc}",
         label_modes=list(args.modes), seeds=list(args.seeds), epochs=args.epochs, arch=args.arch,
-        width=args.width, random_baseline=random_baseline, save_student=False, report_to="none", **PROTOCOL,
+        width=args.width, random_baseline=random_baseline, save_student=False, report_to="none",
+        eval_every=args.eval_every or args.epochs, **PROTOCOL,
     )
     return run_evaluation(config, data=data, distilled=distilled, teacher=teacher)
 

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .cards import hub_id
@@ -300,20 +299,6 @@ def load_distilled(repo_id_or_folder: str | os.PathLike, revision: str | None = 
     dataset = datasets.load_dataset(str(path), split="train")
     soft_labels = path / SOFT_LABELS_DIR
     return dataset, (soft_labels if soft_labels.is_dir() else None), resolved
-
-
-def decode_distilled(dataset, channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A distilled ``Dataset`` → (uint8 [N, C, H, W], int64 labels [N]) in row order."""
-    images = []
-    for example in dataset.select_columns(["image"]):
-        pil = example["image"]
-        if channels is not None:
-            pil = pil.convert("L" if channels == 1 else "RGB")
-        array = np.asarray(pil, dtype=np.uint8)
-        array = array[:, :, None] if array.ndim == 2 else array
-        images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
-    labels = torch.as_tensor(dataset["label"], dtype=torch.int64)
-    return torch.stack(images), labels
 
 
 def push_model_folder(
