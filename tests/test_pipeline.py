@@ -94,3 +94,26 @@ def test_changed_config_is_refused(tiny_run):
     result = _launch(config_path, "--ipc", "3", processes=1)
     assert result.returncode != 0
     assert "different config" in (result.stdout + result.stderr)
+
+
+def test_push_to_hub_namespace_pushes_backbone_set_and_student(tiny_run, fake_hub):
+    """``--push_to_hub NAMESPACE``: the three artefacts land on the (loopback) Hub with their stage-written cards."""
+    import datasets
+    from accelerate import PartialState
+    from huggingface_hub import HfApi, ModelCard
+
+    from hf_scdd.models import ResNet
+    from hf_scdd.pipeline import PipelineConfig, push_artefacts
+
+    out = tiny_run[0]
+    config = PipelineConfig(dataset=str(out.parent / "dataset"), ipc=2, push_to_hub="tester")
+    repos = push_artefacts(PartialState(cpu=True), config, out / "probe" / "model", out / "distilled",
+                           out / "evaluate" / "student")
+    assert set(repos) == {"backbone", "distilled", "student"}
+    assert ModelCard.load(repos["backbone"]).data.to_dict()["library_name"] == "hf_scdd"
+    assert ResNet.from_pretrained(repos["backbone"]).num_classes == 3
+    student_card = ModelCard.load(repos["student"]).data.to_dict()
+    assert student_card["model-index"][0]["results"][0]["metrics"][0]["type"] == "accuracy"
+    assert len(datasets.load_dataset(repos["distilled"])["train"]) == 6
+    files = HfApi().list_repo_files(repos["distilled"], repo_type="dataset")
+    assert any(f.startswith("soft_labels/epoch_") for f in files)
