@@ -268,11 +268,16 @@ def test_changed_config_is_refused_and_rerun_is_a_no_op(assets, reference_run):
     np.testing.assert_array_equal(before[0], after[0])
 
 
-def test_one_by_one_run_matches_grouped_run(assets, reference_run, tmp_path):
-    """Over a short horizon grouping changes only float rounding (long runs amplify it: see recover.py)."""
-    main(recover_config(assets, tmp_path / "one_by_one", classes_per_batch=2, group_size=1))
-    ref, got = read_rows(reference_run), read_rows(tmp_path / "one_by_one")
-    assert np.abs(ref[0].astype(int) - got[0].astype(int)).max() <= 1  # float rounding only
+def test_one_by_one_run_matches_grouped_run(assets, tmp_path):
+    """Grouping changes only float rounding; over a short horizon the written images agree to one grey level.
+
+    (Adam amplifies rounding over hundreds of steps, so the group size is recorded in config.json: see recover.py.
+    The float-level equality of one optimisation is test_grouped_synthesis_equals_one_by_one.)
+    """
+    main(recover_config(assets, tmp_path / "grouped", classes_per_batch=2, iterations=3, group_size=2))
+    main(recover_config(assets, tmp_path / "one_by_one", classes_per_batch=2, iterations=3, group_size=1))
+    ref, got = read_rows(tmp_path / "grouped"), read_rows(tmp_path / "one_by_one")
+    assert np.abs(ref[0].astype(int) - got[0].astype(int)).max() <= 1
     assert ref[1:] == got[1:]
 
 
