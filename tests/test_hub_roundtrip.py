@@ -9,7 +9,6 @@ at the fake Hub and blocks non-loopback sockets; each test also checks the fake 
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from relabel_eval_helpers import _png
 from hf_scdd.configs import config_from_dict
 from hf_scdd.hub import load_distilled, push_distilled, push_model_folder
 from hf_scdd.models import BackboneError, ResNet, load_backbone
@@ -67,14 +67,6 @@ def tiny_backbone(seed: int = 0, **training) -> ResNet:
         for _ in range(3):
             model(torch.randn(16, 1, SIZE, SIZE) * 1.5 + 0.3)
     return model.eval()
-
-
-def _png(array: np.ndarray) -> dict:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return {"bytes": buffer.getvalue(), "path": None}
 
 
 def write_data_folder(folder: Path) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from relabel_eval_helpers import _png
 from hf_scdd.configs import ConfigError, config_from_dict
 from hf_scdd.core.bn_stats import BNStatsError
 from hf_scdd.models import BackboneError, ResNet
@@ -61,14 +61,6 @@ def tiny_backbone(num_classes: int = 4) -> ResNet:
         for _ in range(3):
             model(torch.randn(16, 1, SIZE, SIZE) * 1.5 + 0.3)
     return model.eval()
-
-
-def _png(array: np.ndarray) -> dict:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return {"bytes": buffer.getvalue(), "path": None}
 
 
 @pytest.fixture(scope="module")
