@@ -393,6 +393,25 @@ def load_data(config: StageConfig) -> ImageData:
     )
 
 
+def start_stage(config: StageConfig, run_name: str, final: Path):
+    """The accelerator of a training stage, its config checked against the output folder, and whether the
+    stage's final model already exists (then there is nothing to do)."""
+    out = Path(config.output_dir)
+    accelerator = make_accelerator(
+        out, cpu=config.cpu, mixed_precision=config.mixed_precision, report_to=config.report_to,
+        run_name=run_name, config=config.to_dict(),
+    )
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        check_or_write_config(config, out)
+    accelerator.wait_for_everyone()
+    if (final / "model.safetensors").exists():
+        accelerator.print(f"[{run_name}] {final} already exists for this config; nothing to do")
+        finish_trackers(accelerator)
+        return accelerator, True
+    return accelerator, False
+
+
 def main(config: SqueezeConfig) -> Path:
     """Pre-train a backbone; returns ``output_dir/backbone`` (Hub-ready). Rerun the same command to resume."""
     from accelerate.utils import set_seed
@@ -402,18 +421,9 @@ def main(config: SqueezeConfig) -> Path:
     if config.epochs < 1 or config.batch_size < 1:
         raise ConfigError("epochs and batch_size must be >= 1")
     out = Path(config.output_dir)
-    accelerator = make_accelerator(
-        out, cpu=config.cpu, mixed_precision=config.mixed_precision, report_to=config.report_to,
-        run_name=f"squeeze_{config.method}", config=config.to_dict(),
-    )
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        check_or_write_config(config, out)
-    accelerator.wait_for_everyone()
     final = out / BACKBONE_DIR
-    if (final / "model.safetensors").exists():
-        accelerator.print(f"[squeeze] {final} already exists for this config; nothing to do")
-        finish_trackers(accelerator)
+    accelerator, finished = start_stage(config, f"squeeze_{config.method}", final)
+    if finished:
         return final
     if config.batch_size % accelerator.num_processes:
         raise ConfigError(
@@ -516,18 +526,9 @@ def probe(config: ProbeConfig) -> Path:
     if not config.backbone:
         raise ConfigError("--backbone is required (a backbone folder, a squeeze output_dir or a Hub repo id)")
     out = Path(config.output_dir)
-    accelerator = make_accelerator(
-        out, cpu=config.cpu, mixed_precision=config.mixed_precision, report_to=config.report_to,
-        run_name="probe", config=config.to_dict(),
-    )
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        check_or_write_config(config, out)
-    accelerator.wait_for_everyone()
     final = out / MODEL_DIR
-    if (final / "model.safetensors").exists():
-        accelerator.print(f"[probe] {final} already exists for this config; nothing to do")
-        finish_trackers(accelerator)
+    accelerator, finished = start_stage(config, "probe", final)
+    if finished:
         return final
 
     backbone = load_backbone(resolve_backbone_path(config.backbone), revision=config.revision)
