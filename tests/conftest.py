@@ -155,3 +155,77 @@ def hub_repo_id(request) -> str:
 # ==============================================================================================
 # END fake Hugging Face Hub section
 # ==============================================================================================
+
+
+# ==============================================================================================
+# BEGIN precision section (owner: hf_scdd.core.loops.Precision)
+# ==============================================================================================
+#
+# ``--mixed_precision auto`` resolves to bf16 on CPUs with AMX/AVX512-BF16 (and bf16 GPUs) and to float32
+# elsewhere; ``$HF_SCDD_AUTO_PRECISION`` (bf16 | no) forces the answer. So that one machine exercises both,
+# every test marked ``@pytest.mark.both_precisions`` runs twice, once per forced answer (ids ``auto=no`` /
+# ``auto=bf16``); when the variable is already set for the whole session (``HF_SCDD_AUTO_PRECISION=no pytest``)
+# marked tests run once, with that value. Unmarked tests see the session's own answer. Keep marked tests tiny:
+# on CPUs without bf16 units bf16 is emulated and many times slower.
+
+AUTO_PRECISION_ENV = "HF_SCDD_AUTO_PRECISION"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "both_precisions: run once with auto=no and once with auto=bf16")
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.get_closest_marker("both_precisions") is None:
+        return
+    values = [os.environ[AUTO_PRECISION_ENV]] if os.environ.get(AUTO_PRECISION_ENV) else ["no", "bf16"]
+    metafunc.parametrize("auto_precision", values, indirect=True, ids=[f"auto={v}" for v in values])
+
+
+@pytest.fixture(autouse=True)
+def auto_precision(request, monkeypatch) -> str | None:
+    """What ``auto`` is forced to in this test (in the environment, so subprocesses see it too); None for
+    unmarked tests, which keep the session's answer."""
+    value = getattr(request, "param", None)
+    if value is not None:
+        monkeypatch.setenv(AUTO_PRECISION_ENV, value)
+    return value
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread for the whole session: every in-process model here is tiny, and on a shared 2-core
+    machine two spinning OpenMP threads under load made such steps up to ~100x slower. Restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_image_folder(tmp_path_factory) -> str:
+    """An ImageFolder with train (32/class) and test (8/class) splits of 4 classes of 16x16 grey images whose
+    class is the quadrant of a bright square: learnable in a few steps of a width-4 ResNet-10."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("tiny_images")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 32), ("test", 8)):
+        for c in range(4):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                img = rng.integers(0, 60, (16, 16)).astype(np.uint8)
+                r, q = divmod(c, 2)
+                top, left = 8 * r + int(rng.integers(0, 3)), 8 * q + int(rng.integers(0, 3))
+                img[top : top + 5, left : left + 5] = 255
+                Image.fromarray(img, mode="L").save(folder / f"{i}.png")
+    return str(root)
+
+
+# ==============================================================================================
+# END precision section
+# ==============================================================================================

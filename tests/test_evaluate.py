@@ -109,7 +109,8 @@ def test_student_card_metadata():
     assert "model-index" in str(card) and "81.00 ± 1.00" in str(card)
 
 
-def test_two_process_evaluate_scores_the_whole_test_set(tmp_path, hub_env):
+@pytest.mark.both_precisions
+def test_two_process_evaluate_scores_the_whole_test_set(tmp_path, hub_env, auto_precision):
     real = write_image_dataset(tmp_path / "real", n_train_per_class=8, n_test_per_class=17)  # 51 test images
     distilled = write_distilled(tmp_path / "dist", ipc=3)
     out = tmp_path / "eval"
@@ -134,6 +135,7 @@ def test_two_process_evaluate_scores_the_whole_test_set(tmp_path, hub_env):
         for run in report["runs"][key]:
             assert run["curve"] and len(run["curve"]) == 2
     assert (out / "results.md").exists() and (out / "curves.png").stat().st_size > 0
+    assert json.loads((out / "config.json").read_text())["runtime"] == {"precision": auto_precision}
     student = json.loads((out / "student" / "config.json").read_text())
     assert student["arch"] == "resnet10" and student["training"]["label_mode"] == "hard"
     assert "model-index" in (out / "student" / "README.md").read_text()

@@ -32,15 +32,6 @@ SIZE = 16
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny steps crawl with 2 spinning OpenMP threads on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True, scope="module")
 def private_tensor_cache(tmp_path_factory):
     """Decoded-tensor cache of this module's tiny Hub datasets in a temp folder, not the user's cache."""
     with pytest.MonkeyPatch.context() as mp:

@@ -41,16 +41,6 @@ SIZE = 16
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on the shared 2-core CI machine, 2 spinning OpenMP threads under load made these
-    tiny steps ~100× slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_backbone(num_classes: int = 4) -> ResNet:
     torch.manual_seed(0)
     names = CLASSES if num_classes == 4 else None
@@ -381,10 +371,13 @@ def test_push_to_hub_and_load_distilled_round_trip(assets, reference_run, fake_h
     assert datasets.load_dataset(hub_repo_id, split="train")["label"] == table["label"]
 
 
-def test_jpeg_format_reproduces_the_reference_encoding(assets, tmp_path):
+@pytest.mark.both_precisions
+def test_jpeg_format_reproduces_the_reference_encoding(assets, tmp_path, auto_precision):
     import datasets
 
-    main(recover_config(assets, tmp_path / "jpeg", classes_per_batch=2, ipc=1, image_format="jpeg"))
-    ds = datasets.load_dataset(str(tmp_path / "jpeg"), split="train")
+    out = tmp_path / "jpeg"
+    main(recover_config(assets, out, classes_per_batch=2, ipc=1, image_format="jpeg", mixed_precision="auto"))
+    ds = datasets.load_dataset(str(out), split="train")
     assert ds.num_rows == 4 and ds[0]["image"].format == "JPEG"
-    assert "JPEG (quality 75" in (tmp_path / "jpeg" / "README.md").read_text()
+    assert "JPEG (quality 75" in (out / "README.md").read_text()
+    assert json.loads((out / "config.json").read_text())["runtime"] == {"precision": auto_precision}

@@ -40,28 +40,10 @@ from hf_scdd.squeeze import main as squeeze
 TINY = dict(arch="resnet10", width=4, batch_size=32, moco_k=64, moco_dim=16, bn_splits=4, cpu=True, report_to="jsonl")
 
 
-def _write_split(root: Path, per_class: int, rng: np.random.Generator) -> None:
-    from PIL import Image
-
-    for c in range(4):
-        folder = root / f"class{c}"
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            img = rng.integers(0, 60, (16, 16)).astype(np.uint8)
-            r, q = divmod(c, 2)
-            top, left = 8 * r + int(rng.integers(0, 3)), 8 * q + int(rng.integers(0, 3))
-            img[top : top + 5, left : left + 5] = 255
-            Image.fromarray(img, mode="L").save(folder / f"{i}.png")
-
-
 @pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory) -> str:
-    """An image folder with train (32/class) and test (8/class) splits of 4 classes."""
-    root = tmp_path_factory.mktemp("tiny_images")
-    rng = np.random.default_rng(0)
-    _write_split(root / "train", 32, rng)
-    _write_split(root / "test", 8, rng)
-    return str(root)
+def tiny_dataset(tiny_image_folder) -> str:
+    """An image folder with train (32/class) and test (8/class) splits of 4 classes (tests/conftest.py)."""
+    return tiny_image_folder
 
 
 def _metrics(output_dir: Path) -> list[dict]:
@@ -134,6 +116,7 @@ def test_fold_standardization_is_exact():
 # ----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.both_precisions
 def test_mocov2_loss_decreases_and_saves_backbone(tiny_dataset, tmp_path):
     out = tmp_path / "moco"
     config = SqueezeConfig(output_dir=str(out), dataset=tiny_dataset, epochs=8, lr=0.1, **TINY)
@@ -150,6 +133,7 @@ def test_mocov2_loss_decreases_and_saves_backbone(tiny_dataset, tmp_path):
     assert squeeze(config) == path  # a rerun finds the finished output
 
 
+@pytest.mark.both_precisions
 def test_probe_keeps_backbone_bit_identical_and_pushes(tiny_dataset, tmp_path, fake_hub, hub_repo_id):
     # A supervised squeeze (the control) gives a real backbone with non-trivial BN statistics.
     sq = SqueezeConfig(output_dir=str(tmp_path / "sup"), dataset=tiny_dataset, method="supervised", epochs=2, **TINY)

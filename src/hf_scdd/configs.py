@@ -53,7 +53,7 @@ class StageConfig:
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the result to."})
 
     # Fields that do not change the result and may differ between a run and its resumption.
-    RUNTIME_FIELDS = ("cpu", "report_to", "push_to_hub", "mixed_precision_runtime")
+    RUNTIME_FIELDS = ("cpu", "report_to", "push_to_hub")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,15 +137,21 @@ def save_config(config: StageConfig, folder: str | os.PathLike, name: str = "con
     return path
 
 
-def check_or_write_config(config: StageConfig, folder: str | os.PathLike, name: str = "config.json") -> bool:
+def check_or_write_config(
+    config: StageConfig, folder: str | os.PathLike, name: str = "config.json", runtime: dict[str, Any] | None = None
+) -> bool:
     """Write the config into a fresh folder, or check it matches the one already there.
 
     Returns True when the folder already held this config (a resumption). Raises :class:`ConfigError` when
     it holds a different one, naming the differing fields, instead of mixing two runs' outputs.
+    ``runtime`` (e.g. the resolved precision) is recorded under ``"runtime"`` but never compared: a resumed
+    run on other hardware may differ there; it then updates the record (earlier values under
+    ``"runtime_earlier"``).
     """
     path = Path(folder) / name
     if path.exists():
-        previous = json.loads(path.read_text()).get("config", {})
+        payload = json.loads(path.read_text())
+        previous = payload.get("config", {})
         current = json.loads(json.dumps(config.to_dict(), default=str))
         diffs = {
             k: (previous.get(k), v)
@@ -158,6 +164,11 @@ def check_or_write_config(config: StageConfig, folder: str | os.PathLike, name: 
                 f"{folder} already holds the output of a run with a different config ({listing}). "
                 "Use another --output_dir, or delete the folder to start over."
             )
+        if runtime is not None and payload.get("runtime") != runtime:
+            if "runtime" in payload:
+                payload.setdefault("runtime_earlier", []).append(payload["runtime"])
+            payload["runtime"] = runtime
+            atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
         return True
-    save_config(config, folder, name)
+    save_config(config, folder, name, **({"runtime": runtime} if runtime is not None else {}))
     return False

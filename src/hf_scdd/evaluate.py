@@ -146,7 +146,7 @@ class TargetSource:
     def loss(self, model, b: int, preprocess, device) -> torch.Tensor:
         plan = self.plan
         pixels = render_batch(self.images, plan, b, device)
-        logits = model(preprocess(pixels))
+        logits = model(preprocess(pixels)).float()
         slots = plan.batch_slots(b)
         own, partner = plan.order[slots].long(), plan.order[plan.mix_index[slots].long()].long()
         lam = float(plan.mix_lambda[b])
@@ -214,14 +214,16 @@ def train_student(
     from torch.utils.data import DataLoader
 
     from .core.loops import (
-        IndexDataset, cosine_schedule, evaluate_top1, finish_trackers, make_accelerator, remove_checkpoints, train,
+        IndexDataset, Precision, cosine_schedule, evaluate_top1, finish_trackers, make_accelerator,
+        remove_checkpoints, train,
     )
 
     epochs = int(epochs or config.epochs)
     accelerator = make_accelerator(
-        run_dir, cpu=config.cpu, mixed_precision=config.mixed_precision, report_to=config.report_to,
-        run_name=name, config={**config.to_dict(), "label_mode": mode, "run_seed": seed, "run_epochs": epochs},
+        run_dir, cpu=config.cpu, report_to=config.report_to, run_name=name,
+        config={**config.to_dict(), "label_mode": mode, "run_seed": seed, "run_epochs": epochs},
     )
+    precision = Precision.resolve(config.mixed_precision, accelerator.device)
     device = accelerator.device
     set_seed(seed)
     student = build_student(config, data)
@@ -250,7 +252,7 @@ def train_student(
         return normalize(pixels, data.mean, data.std)
 
     def step_fn(batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        with accelerator.autocast():
+        with precision.autocast():
             return {"loss": source.loss(student, int(batch[0]), preprocess, device)}
 
     def on_epoch_end(epoch: int) -> dict[str, float]:
@@ -258,17 +260,18 @@ def train_student(
             return {}
         top1, count = evaluate_top1(
             accelerator, student, test_images, test_labels, lambda x: normalize(x, data.mean, data.std),
-            batch_size=config.eval_batch_size, return_count=True,
+            batch_size=config.eval_batch_size, return_count=True, precision=precision,
         )
         return {"top1": top1, "test_count": count}
 
     progress = train(
         accelerator, model=student, optimizer=optimizer, scheduler=scheduler, loader=loader, step_fn=step_fn,
         epochs=epochs, output_dir=run_dir, on_epoch_start=source.start_epoch, on_epoch_end=on_epoch_end, desc=name,
+        precision=precision,
     )
     result = summarize_history(progress.history)
     result.update(mode=mode, seed=seed, epochs=epochs, num_images=len(images), test_size=len(test_labels),
-                  steps=progress.global_step)
+                  steps=progress.global_step, precision=precision.name)
     remove_checkpoints(accelerator, run_dir)
     model = accelerator.unwrap_model(student)
     if accelerator.is_main_process:
@@ -400,15 +403,18 @@ def run_evaluation(
 
     from .data import load_image_dataset
 
+    from .core.loops import Precision
+
     state = PartialState(cpu=uses_cpu(config.cpu))  # as make_accelerator decides, or ranks see 1 process
     modes = list(dict.fromkeys(config.label_modes))
     for mode in modes:
         if mode not in LABEL_MODES:
             raise ConfigError(f"--label_modes: unknown mode {mode!r}; choose from {LABEL_MODES}")
+    precision = Precision.resolve(config.mixed_precision, state.device)
     output = Path(config.output_dir)
     if state.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        check_or_write_config(config, output)
+        check_or_write_config(config, output, runtime={"precision": precision.name})
     state.wait_for_everyone()
     if data is None:
         data = load_image_dataset(config.dataset, image_column=config.image_column, label_column=config.label_column)

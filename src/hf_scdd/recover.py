@@ -48,6 +48,7 @@ from torch import nn
 from .configs import ConfigError, StageConfig, check_or_write_config
 from .core.augment import apply_recovery_augmentation, boxes_to_corners, sample_recovery_plan
 from .core.bn_stats import BNStatsRecorder, bn_layers
+from .core.loops import Precision, autocast_of
 from .hub import (
     DATA_DIR,
     IMAGE_FORMATS,
@@ -341,17 +342,16 @@ def synthesize_group(
     spec: SynthesisSpec,
     *,
     device: torch.device | str = "cpu",
-    autocast: Callable[[], Any] | None = None,
+    precision: Precision | None = None,
     on_step: StepCallback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Optimise ``units`` (same batch size) together; returns (normalised images [G, B, C, H, W], ce [G], bn [G]).
 
     Each unit's init and augmentation come from ``torch.Generator().manual_seed(unit.seed)`` on the CPU, in a
     fixed order (init, roll offsets, crop boxes, flips), so a unit's result is the same whatever shares the
-    forward pass. ``on_step(step, ce, bn)`` is called after every step with device tensors.
+    forward pass. The model's forward runs under ``precision``'s autocast (BN statistics and the loss stay
+    float32). ``on_step(step, ce, bn)`` is called after every step with device tensors.
     """
-    from contextlib import nullcontext
-
     batch = len(units[0].classes)
     if any(len(u.classes) != batch for u in units):
         raise ValueError("units stacked in one group must have the same number of classes")
@@ -378,13 +378,12 @@ def synthesize_group(
     std = torch.tensor(spec.std, device=device).view(1, 1, -1, 1, 1)
     low, high = (0.0 - mean) / std, (1.0 - mean) / std
     optimizer = torch.optim.Adam([x], lr=spec.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
-    autocast = autocast or nullcontext
     ce = bn = torch.zeros(len(units), device=device)
     with BNStatsRecorder(model, groups=len(units), first_bn_multiplier=spec.first_bn_multiplier) as recorder:
         for step in range(steps):
             optimizer.param_groups[0]["lr"] = spec.lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
             augmented = apply_recovery_augmentation(x, step, shifts, corners, flips)
-            with autocast():
+            with autocast_of(precision):
                 logits = _logits(model(augmented))
             loss, ce, bn = combine_objective(logits, labels, recorder.bn_loss(), len(units), spec.r_bn)
             optimizer.zero_grad(set_to_none=True)
@@ -546,6 +545,13 @@ def prepare(config: RecoverConfig) -> RecoverContext:
     )
 
 
+def _device(config: RecoverConfig) -> torch.device:
+    """The device the stage will run on (what ``make_accelerator`` picks), known before anything is written."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_cpu_requested(config)).device
+
+
 def _cpu_requested(config: RecoverConfig) -> bool:
     return config.cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
 
@@ -578,10 +584,10 @@ def main(config: RecoverConfig) -> Path:
     context = prepare(config)
     config = context.config
     out = Path(config.output_dir)
-    check_or_write_config(config, out)
+    precision = Precision.resolve(config.mixed_precision, _device(config))
+    check_or_write_config(config, out, runtime={"precision": precision.name})
     accelerator = make_accelerator(
-        out, cpu=config.cpu, mixed_precision=config.mixed_precision, report_to=config.report_to,
-        run_name="recover", config=config.to_dict(),
+        out, cpu=config.cpu, report_to=config.report_to, run_name="recover", config=config.to_dict(),
     )
     model = context.model.to(accelerator.device)
     spec = SynthesisSpec.from_config(config, context.channels, context.mean, context.std)
@@ -608,7 +614,7 @@ def main(config: RecoverConfig) -> Path:
                 bar.set_postfix(ce=f"{ce_mean:.3f}", bn=f"{bn_mean:.3f}")
                 bar.update(done_steps - bar.n)
 
-        x, ce, bn = synthesize_group(model, group, spec, device=accelerator.device, autocast=accelerator.autocast,
+        x, ce, bn = synthesize_group(model, group, spec, device=accelerator.device, precision=precision,
                                      on_step=on_step)
         pixels = to_uint8(x, spec.mean, spec.std, spec.image_format)
         for g, unit in enumerate(group):

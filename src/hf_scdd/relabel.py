@@ -459,7 +459,8 @@ def relabel(
     labels_dir = Path(labels_dir)
     if state.is_main_process:
         labels_dir.mkdir(parents=True, exist_ok=True)
-        check_or_write_config(config, labels_dir, name="relabel_config.json")
+        # the teacher runs in float32 whatever --mixed_precision says (as it always has): record that
+        check_or_write_config(config, labels_dir, name="relabel_config.json", runtime={"precision": "no"})
     state.wait_for_everyone()
     fmt = make_format(config, images, teacher)
     run = teacher_fn(teacher.to(state.device), getattr(teacher, "mean", None), getattr(teacher, "std", None))
@@ -540,9 +541,7 @@ def main(config: RelabelConfig) -> dict[str, Any]:
     if not config.distilled or not config.teacher:
         raise ConfigError("relabel needs --distilled FOLDER_OR_REPO and --teacher FOLDER_OR_REPO")
     labels_dir = resolve_labels_dir(config)
-    accelerator = make_accelerator(
-        labels_dir, cpu=config.cpu, mixed_precision=config.mixed_precision, report_to="none", run_name="relabel"
-    )
+    accelerator = make_accelerator(labels_dir, cpu=config.cpu, report_to="none", run_name="relabel")
     dataset, _, _ = load_distilled(config.distilled, config.revision)
     teacher = load_backbone(config.teacher, revision=config.teacher_revision)
     channels = int(getattr(teacher, "in_channels", 0) or (1 if dataset[0]["image"].mode == "L" else 3))

@@ -50,6 +50,8 @@ from .core.loops import (
     finish_trackers,
     index_loader,
     make_accelerator,
+    Precision,
+    autocast_of,
     remove_checkpoints,
     train,
 )
@@ -202,7 +204,11 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def shuffled_keys(
-    accelerator, encoder: nn.Module, views: torch.Tensor, generator: torch.Generator | None = None
+    accelerator,
+    encoder: nn.Module,
+    views: torch.Tensor,
+    generator: torch.Generator | None = None,
+    precision: Precision | None = None,
 ) -> torch.Tensor:
     """Key embeddings of this process's ``views`` computed in shuffled BN groups (see the module docstring).
 
@@ -218,7 +224,7 @@ def shuffled_keys(
 
         perm = broadcast(perm, from_process=0)
     mine = perm[rank * b : (rank + 1) * b]
-    with accelerator.autocast():
+    with autocast_of(precision):
         keys = encoder(all_views[mine]).float()
     all_keys = accelerator.gather(keys.contiguous()) if world > 1 else keys
     return all_keys[inverse_permutation(perm)][rank * b : (rank + 1) * b]
@@ -295,7 +301,7 @@ class TrainingPlan:
 
     model: nn.Module
     extra_state: list
-    make_step_fn: Callable[[Any, nn.Module], Callable]
+    make_step_fn: Callable[[Any, nn.Module, Precision], Callable]
     backbone_of: Callable[[nn.Module], ResNet]
 
 
@@ -327,14 +333,15 @@ def plan_mocov2(config: SqueezeConfig, data: ImageData, images: torch.Tensor, ac
     key_state = MoCoKeyState(query, config.moco_dim, config.moco_k).to(accelerator.device)
     augment = ssl_view_augmentation(data.channels, data.image_size, crop_scale=(config.crop_min_scale, 1.0))
 
-    def make_step_fn(acc, prepared: nn.Module) -> Callable:
+    def make_step_fn(acc, prepared: nn.Module, precision: Precision) -> Callable:
         def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
             x = images[idx]
             view_q, view_k = (data.normalize(v) for v in two_views(augment, x))
-            q = prepared(view_q).float()
+            with precision.autocast():
+                q = prepared(view_q).float()
             key_state.encoder.train()
             key_state.momentum_update(acc.unwrap_model(prepared), config.moco_m)
-            k = shuffled_keys(acc, key_state.encoder, view_k)
+            k = shuffled_keys(acc, key_state.encoder, view_k, precision=precision)
             loss, top1 = info_nce(q, k, key_state.queue, config.moco_t)
             key_state.enqueue(acc.gather(k) if acc.num_processes > 1 else k)
             return {"loss": loss, "contrastive_top1": top1}
@@ -350,10 +357,11 @@ def plan_supervised(
     model = new_backbone(config, data, data.num_classes)
     augment = supervised_view_augmentation(data.image_size)
 
-    def make_step_fn(acc, prepared: nn.Module) -> Callable:
+    def make_step_fn(acc, prepared: nn.Module, precision: Precision) -> Callable:
         def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
             x = data.normalize(augment(to_unit_float(images[idx])))
-            logits = prepared(x).float()
+            with precision.autocast():
+                logits = prepared(x).float()
             y = labels[idx]
             return {"loss": F.cross_entropy(logits, y), "train_top1": (logits.argmax(1) == y).float().mean()}
 
@@ -394,22 +402,23 @@ def load_data(config: StageConfig) -> ImageData:
 
 
 def start_stage(config: StageConfig, run_name: str, final: Path):
-    """The accelerator of a training stage, its config checked against the output folder, and whether the
-    stage's final model already exists (then there is nothing to do)."""
+    """The accelerator and precision of a training stage, its config checked against the output folder (the
+    resolved precision recorded there), and whether the stage's final model already exists (then there is
+    nothing to do)."""
     out = Path(config.output_dir)
     accelerator = make_accelerator(
-        out, cpu=config.cpu, mixed_precision=config.mixed_precision, report_to=config.report_to,
-        run_name=run_name, config=config.to_dict(),
+        out, cpu=config.cpu, report_to=config.report_to, run_name=run_name, config=config.to_dict(),
     )
+    precision = Precision.resolve(config.mixed_precision, accelerator.device)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        check_or_write_config(config, out)
+        check_or_write_config(config, out, runtime={"precision": precision.name})
     accelerator.wait_for_everyone()
     if (final / "model.safetensors").exists():
         accelerator.print(f"[{run_name}] {final} already exists for this config; nothing to do")
         finish_trackers(accelerator)
-        return accelerator, True
-    return accelerator, False
+        return accelerator, precision, True
+    return accelerator, precision, False
 
 
 def main(config: SqueezeConfig) -> Path:
@@ -422,7 +431,7 @@ def main(config: SqueezeConfig) -> Path:
         raise ConfigError("epochs and batch_size must be >= 1")
     out = Path(config.output_dir)
     final = out / BACKBONE_DIR
-    accelerator, finished = start_stage(config, f"squeeze_{config.method}", final)
+    accelerator, precision, finished = start_stage(config, f"squeeze_{config.method}", final)
     if finished:
         return final
     if config.batch_size % accelerator.num_processes:
@@ -454,9 +463,9 @@ def main(config: SqueezeConfig) -> Path:
     set_seed(config.seed, device_specific=True)  # different views on each process
     progress = train(
         accelerator, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
-        step_fn=plan.make_step_fn(accelerator, model), epochs=config.epochs, output_dir=out,
+        step_fn=plan.make_step_fn(accelerator, model, precision), epochs=config.epochs, output_dir=out,
         extra_state=plan.extra_state, checkpoint_steps=config.checkpoint_steps,
-        desc=f"squeeze[{config.method}]",
+        desc=f"squeeze[{config.method}]", precision=precision,
     )
     if accelerator.is_main_process:
         backbone = plain_resnet(plan.backbone_of(accelerator.unwrap_model(model)))
@@ -490,7 +499,12 @@ def resolve_backbone_path(name: str) -> str:
 
 @torch.no_grad()
 def extract_features(
-    accelerator, backbone: ResNet, images: torch.Tensor, preprocess: Callable, batch_size: int = 1024
+    accelerator,
+    backbone: ResNet,
+    images: torch.Tensor,
+    preprocess: Callable,
+    batch_size: int = 1024,
+    precision: Precision | None = None,
 ) -> torch.Tensor:
     """Pooled features of every image (eval mode, no grad), computed shard-wise and gathered in order."""
     from torch.utils.data import DataLoader
@@ -503,7 +517,7 @@ def extract_features(
     )
     feats = torch.zeros(len(images), backbone.num_features, device=accelerator.device)
     for idx in loader:
-        with accelerator.autocast():
+        with autocast_of(precision):
             f = backbone.forward_features(preprocess(images[idx].to(accelerator.device))).float()
         idx, f = accelerator.gather_for_metrics((idx.to(accelerator.device), f))
         feats[idx] = f
@@ -527,7 +541,7 @@ def probe(config: ProbeConfig) -> Path:
         raise ConfigError("--backbone is required (a backbone folder, a squeeze output_dir or a Hub repo id)")
     out = Path(config.output_dir)
     final = out / MODEL_DIR
-    accelerator, finished = start_stage(config, "probe", final)
+    accelerator, precision, finished = start_stage(config, "probe", final)
     if finished:
         return final
 
@@ -552,7 +566,9 @@ def probe(config: ProbeConfig) -> Path:
     set_seed(config.seed)
     images, labels = data.tensors("train")
     subset = training_subset(len(images), config.max_train_samples, config.seed)
-    feats = extract_features(accelerator, backbone, images[subset], preprocess, config.feature_batch_size)
+    feats = extract_features(
+        accelerator, backbone, images[subset], preprocess, config.feature_batch_size, precision=precision
+    )
     y = labels[subset].to(accelerator.device)
     mean, std = torch.zeros_like(feats[0]), torch.ones_like(feats[0])
     if config.standardize:
@@ -572,13 +588,14 @@ def probe(config: ProbeConfig) -> Path:
 
     def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         idx = idx.to(feats.device)
-        logits = prepared(feats[idx])
+        with precision.autocast():
+            logits = prepared(feats[idx]).float()
         top1 = (logits.argmax(1) == y[idx]).float().mean()
         return {"loss": F.cross_entropy(logits, y[idx]), "train_top1": top1}
 
     train(
         accelerator, model=prepared, optimizer=optimizer, scheduler=scheduler, loader=loader, step_fn=step,
-        epochs=config.epochs, output_dir=out, desc="probe",
+        epochs=config.epochs, output_dir=out, desc="probe", precision=precision,
     )
     weight, bias = fold_standardization(accelerator.unwrap_model(prepared), mean, std)
     backbone.reset_classifier(data.num_classes, data.class_names)
@@ -589,7 +606,7 @@ def probe(config: ProbeConfig) -> Path:
     if not unchanged:  # a guard, not an expected path: the probe must never alter the pre-trained model
         raise SqueezeError("the backbone changed during probing; this is a bug in hf_scdd")
     test_images, test_labels = data.tensors("test")
-    top1 = evaluate_top1(accelerator, backbone, test_images, test_labels, preprocess)
+    top1 = evaluate_top1(accelerator, backbone, test_images, test_labels, preprocess, precision=precision)
     if accelerator.is_main_process:
         info = {"probe_top1": round(top1, 6), "probe_epochs": config.epochs}
         backbone.update_training_info(

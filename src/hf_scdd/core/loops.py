@@ -34,9 +34,14 @@ CHECKPOINT_DIR = "checkpoints"
 # --------------------------------------------------------------------------------------------------------
 
 
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+AUTO_PRECISION_ENV = "HF_SCDD_AUTO_PRECISION"
+"""Environment variable forcing what ``auto`` resolves to (``bf16`` or ``no``), e.g. to test both paths."""
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 matrix units (AMX or AVX512-BF16); elsewhere bf16 is emulated and
-    many times *slower* than fp32 (measured: ~20× on an AVX2-only EPYC), so ``auto`` must not pick it."""
+    many times *slower* than fp32 (measured: ~17× on an AVX2-only EPYC), so ``auto`` must not pick it."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -45,15 +50,77 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_mixed_precision(requested: str, use_cpu: bool) -> str:
-    """Map ``auto`` to the fastest safe setting for this hardware; pass explicit choices through."""
-    if requested not in ("auto", "no", "bf16", "fp16"):
-        raise ValueError(f"mixed_precision must be auto/no/bf16/fp16, got {requested!r}")
-    if requested != "auto":
-        return requested
-    if not use_cpu and torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_fast_bf16() else "no"
+def auto_precision(device_type: str) -> str:
+    """What ``auto`` means on ``device_type``: bf16 where the hardware runs it natively, else ``no``.
+
+    ``$HF_SCDD_AUTO_PRECISION`` (``bf16`` or ``no``) overrides the hardware check, so one machine can run the
+    code paths of both answers.
+    """
+    forced = os.environ.get(AUTO_PRECISION_ENV, "").strip().lower()
+    if forced:
+        if forced not in ("bf16", "no"):
+            from ..configs import ConfigError
+
+            raise ConfigError(f"${AUTO_PRECISION_ENV} must be 'bf16' or 'no', got {forced!r}")
+        return forced
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    if device_type == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "no"
+    return "no"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One stage's compute precision, applied through its own autocast context.
+
+    Not ``Accelerator(mixed_precision=...)``: that writes the process-global ``AcceleratorState``, so a
+    second stage in the same process with another precision would fail. BN statistics, losses, images and
+    optimiser state stay float32 (the losses take ``.float()`` logits); ``fp16`` (CUDA only) also needs the
+    loss scaling that :meth:`grad_scaler` provides.
+
+    Attributes:
+        name: ``no`` (float32), ``bf16`` or ``fp16``.
+        device_type: the device the autocast context applies to (``cpu``, ``cuda``, ...).
+    """
+
+    name: str
+    device_type: str
+
+    @classmethod
+    def resolve(cls, requested: str, device: torch.device | str) -> "Precision":
+        """The precision a stage runs at: ``requested`` with ``auto`` resolved for ``device``."""
+        from ..configs import ConfigError
+
+        device_type = torch.device(device).type
+        if requested not in PRECISIONS:
+            raise ConfigError(f"--mixed_precision must be one of {list(PRECISIONS)}, got {requested!r}")
+        name = auto_precision(device_type) if requested == "auto" else requested
+        if name == "fp16" and device_type != "cuda":
+            raise ConfigError("--mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this device")
+        return cls(name, device_type)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype autocast computes matrix products in (float32 when disabled)."""
+        return {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
+
+    def autocast(self):
+        """The autocast context of this precision; for ``no`` it *disables* autocast (an enclosing one too)."""
+        if self.name == "no":
+            return torch.autocast(self.device_type, enabled=False)
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self):
+        """A fresh ``GradScaler`` for fp16 (small gradients would underflow), ``None`` otherwise."""
+        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
+
+
+def autocast_of(precision: Precision | None):
+    """``precision.autocast()``, or a no-op context when no precision is given (plain float32)."""
+    from contextlib import nullcontext
+
+    return precision.autocast() if precision is not None else nullcontext()
 
 
 class JSONLTracker:
@@ -87,18 +154,19 @@ def make_accelerator(
     output_dir: str | os.PathLike,
     *,
     cpu: bool = False,
-    mixed_precision: str = "auto",
     report_to: str = "jsonl",
     run_name: str = "train",
     config: dict | None = None,
 ):
-    """An ``Accelerator`` writing checkpoints under ``output_dir/checkpoints`` and logs to ``report_to``."""
+    """An ``Accelerator`` writing checkpoints under ``output_dir/checkpoints`` and logs to ``report_to``.
+
+    Always without mixed precision (see :class:`Precision`): each stage applies its own autocast.
+    """
     from accelerate import Accelerator
     from accelerate.tracking import GeneralTracker
     from accelerate.utils import ProjectConfiguration
 
     use_cpu = cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    precision = resolve_mixed_precision(mixed_precision, use_cpu or not torch.cuda.is_available())
     log_with: Any = None
     if report_to == "jsonl":
         tracker_cls = type("JSONL", (JSONLTracker, GeneralTracker), {})
@@ -107,7 +175,7 @@ def make_accelerator(
         log_with = report_to
     accelerator = Accelerator(
         cpu=use_cpu,
-        mixed_precision=precision,
+        mixed_precision="no",
         log_with=log_with,
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")
@@ -243,6 +311,7 @@ def train(
     max_grad_norm: float | None = None,
     after_step: Callable[[], None] | None = None,
     on_epoch_start: Callable[[int], None] | None = None,
+    precision: Precision | None = None,
 ) -> LoopProgress:
     """Run ``epochs`` epochs of ``step_fn`` with checkpoint/resume; returns the progress record.
 
@@ -252,6 +321,8 @@ def train(
     ``on_epoch_end(epoch)`` may evaluate and returns scalars recorded in ``progress.history``.
     ``on_epoch_start(epoch)`` runs before each (also a resumed) epoch, e.g. to load that epoch's
     augmentation plan and stored soft labels.
+    ``step_fn`` runs its forward passes under the stage's ``precision.autocast()`` itself (losses stay fp32);
+    here ``precision`` only adds fp16 loss scaling (a checkpointed ``GradScaler``).
     """
     from tqdm.auto import tqdm
 
@@ -264,6 +335,9 @@ def train(
     if scheduler is not None and not isinstance(scheduler, AcceleratedScheduler):
         # An unprepared scheduler (see cosine_schedule) is not saved by save_state unless registered.
         accelerator.register_for_checkpointing(scheduler)
+    scaler = precision.grad_scaler() if precision is not None else None
+    if scaler is not None:
+        accelerator.register_for_checkpointing(scaler)
     resume = latest_checkpoint(output_dir)
     if resume is not None:
         accelerator.load_state(str(resume))
@@ -289,10 +363,16 @@ def train(
         for batch in epoch_loader:
             outputs = step_fn(batch)
             loss = outputs["loss"]
-            accelerator.backward(loss)
+            accelerator.backward(loss if scaler is None else scaler.scale(loss))
             if max_grad_norm is not None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
                 accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             if scheduler is not None:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -345,6 +425,7 @@ def evaluate_top1(
     preprocess: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int = 512,
     return_count: bool = False,
+    precision: Precision | None = None,
 ) -> float | tuple[float, int]:
     """Top-1 of ``model`` on in-memory ``images`` (uint8), split across processes, gathered exactly once each.
 
@@ -359,7 +440,7 @@ def evaluate_top1(
     correct = total = 0
     for idx in loader:
         x = preprocess(images[idx].to(accelerator.device))
-        with accelerator.autocast():
+        with autocast_of(precision):
             logits = model(x)
         preds = logits.argmax(dim=1)
         preds, refs = accelerator.gather_for_metrics((preds, labels[idx].to(accelerator.device)))
