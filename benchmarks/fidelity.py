@@ -66,7 +66,7 @@ def recover(backbone: str, ipc: int, out: Path, args: argparse.Namespace) -> Pat
 
 
 def evaluate_set(name: str, distilled, ipc: int, args, data, teacher, random_baseline: bool) -> dict:
-    from hf_scdd.evaluate import EvaluateConfig, run_evaluation
+    from hf_scdd.stages.evaluate import EvaluateConfig, run_evaluation
 
     config = EvaluateConfig(
         output_dir=str(Path(args.output_dir) / f"eval_{name}_ipc{ipc}"), distilled=f"{name}-ipc{ipc}",

@@ -32,8 +32,10 @@ from pathlib import Path
 import torch
 
 from hf_scdd.data import load_image_dataset, per_class_subset
-from hf_scdd.evaluate import EvaluateConfig, train_student
-from hf_scdd.relabel import RelabelConfig, SoftLabelStore, relabel
+from hf_scdd.formats.soft_labels import SoftLabelStore
+from hf_scdd.stages.evaluate import EvaluateConfig
+from hf_scdd.stages.relabel import RelabelConfig, relabel
+from hf_scdd.training.post_train import train_student
 
 EPOCHS = 40
 SEEDS = (0, 1, 2)
@@ -68,8 +70,9 @@ def main() -> None:
 
     base = dict(arch="resnet10", width=8, batch_size=64, temperature=TEMPERATURE, cpu=True, report_to="none",
                 eval_every=EPOCHS, save_student=False, crop="pad", mix="cutmix")
-    from hf_scdd.core.loops import evaluate_top1, make_accelerator
     from hf_scdd.models import load_backbone
+    from hf_scdd.training.accelerator import make_accelerator
+    from hf_scdd.training.evaluation import evaluate_top1
 
     teacher = load_backbone(args.teacher).eval()
     test_images, test_labels = data.tensors("test")

@@ -108,7 +108,8 @@ def reference_loop(model, batch: int, channels: int, size: int, iterations: int,
 def run_setting(args) -> dict:
     import torch
 
-    from hf_scdd.recover import SynthesisSpec, make_groups, plan_units, synthesize_group
+    from hf_scdd.synthesis.engine import SynthesisSpec, synthesize_group
+    from hf_scdd.synthesis.units import make_groups, plan_units
 
     channels, size, classes = SHAPES[args.shape]
     device = args.device

@@ -35,9 +35,15 @@ def timed(fn, *args):
 
 
 def main() -> None:
-    from hf_scdd.bn_report import InspectBNConfig, inspect_bn
-    from hf_scdd.squeeze import ProbeConfig, SqueezeConfig, load_data, new_backbone, probe, save_model_atomically
-    from hf_scdd.squeeze import main as squeeze
+    from hf_scdd.models.resnet import save_model_atomically
+    from hf_scdd.stages.inspect_bn import InspectBNConfig
+    from hf_scdd.stages.inspect_bn import main as inspect_bn
+    from hf_scdd.stages.probe import ProbeConfig
+    from hf_scdd.stages.probe import main as probe
+    from hf_scdd.stages.squeeze import SqueezeConfig
+    from hf_scdd.stages.squeeze import main as squeeze
+    from hf_scdd.training.pretrain import new_backbone
+    from hf_scdd.training.stage import load_stage_data
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--overrides", default="{}", help="JSON dict of SqueezeConfig overrides (both methods).")
@@ -68,7 +74,7 @@ def main() -> None:
     # The random-init control: same architecture, same data statistics, never trained.
     ref = SqueezeConfig(**overrides)
     random_dir = Path(tempfile.mkdtemp(prefix="random_backbone_"))
-    random_backbone = new_backbone(ref, load_data(ref), 0)
+    random_backbone = new_backbone(ref, load_stage_data(ref), 0)
     random_backbone.update_training_info(method="random-init", epochs=0, dataset=ref.dataset)
     backbones["random"] = save_model_atomically(random_backbone, random_dir / "backbone")
 

@@ -158,7 +158,7 @@ def hub_repo_id(request) -> str:
 
 
 # ==============================================================================================
-# BEGIN precision section (owner: hf_scdd.core.loops.Precision)
+# BEGIN precision section (owner: hf_scdd.training.accelerator.Precision)
 # ==============================================================================================
 #
 # ``--mixed_precision auto`` resolves to bf16 on CPUs with AMX/AVX512-BF16 (and bf16 GPUs) and to float32

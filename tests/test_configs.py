@@ -10,12 +10,12 @@ import pytest
 from hf_scdd.configs import (
     ConfigError,
     StageConfig,
-    atomic_write_text,
     check_or_write_config,
     config_from_dict,
     parse_config,
     save_config,
 )
+from hf_scdd.utils import atomic_write_text
 
 
 @dataclass

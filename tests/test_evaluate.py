@@ -13,16 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_scdd.evaluate import (
-    EvaluateConfig,
-    TargetSource,
-    aggregate,
-    kd_loss,
-    protocol_metrics,
-    summarize_history,
-)
-from hf_scdd.relabel import RelabelConfig, SoftLabelStore, relabel, teacher_fn
-from relabel_eval_helpers import synthetic_images, tiny_teacher, write_distilled, write_image_dataset
+from hf_scdd.formats.soft_labels import SoftLabelStore
+from hf_scdd.losses.distillation import kd_loss
+from hf_scdd.models.loading import teacher_fn
+from hf_scdd.stages.evaluate import EvaluateConfig
+from hf_scdd.stages.relabel import RelabelConfig, relabel
+from hf_scdd.training.post_train import TargetSource, summarize_history
+from hf_scdd.training.report import aggregate, protocol_metrics
+from helpers import synthetic_images, tiny_teacher, write_distilled, write_image_dataset
 
 
 def test_kd_loss_is_sc_dd_kl_batchmean():
@@ -95,7 +93,7 @@ def test_final_and_best_are_reported_separately():
 
 
 def test_student_card_metadata():
-    from hf_scdd.cards import StudentCardData, render_student_card
+    from hf_scdd.hub.cards import StudentCardData, render_student_card
 
     card = render_student_card(StudentCardData(
         arch="resnet18", stem="cifar", width=64, num_classes=10, dataset="zalando-datasets/fashion_mnist",

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from relabel_eval_helpers import _png
+from helpers import bn_backbone, write_random_dataset
 from hf_scdd.configs import config_from_dict
 from hf_scdd.hub import load_distilled, push_distilled, push_model_folder
 from hf_scdd.models import BackboneError, ResNet, load_backbone
@@ -41,41 +41,7 @@ def private_tensor_cache(tmp_path_factory):
 
 def tiny_backbone(seed: int = 0, **training) -> ResNet:
     """A 4-class resnet10 (width 8) with non-trivial BN running statistics."""
-    torch.manual_seed(seed)
-    model = ResNet(
-        "resnet10",
-        num_classes=4,
-        in_channels=1,
-        width=8,
-        image_size=SIZE,
-        mean=[0.4],
-        std=[0.3],
-        class_names=CLASSES,
-        training=training or None,
-    )
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 1, SIZE, SIZE) * 1.5 + 0.3)
-    return model.eval()
-
-
-def write_data_folder(folder: Path) -> Path:
-    """A 4-class 16×16 grey dataset (train/test, 8 images each) in the Hub parquet layout."""
-    import datasets
-
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        ds = datasets.Dataset.from_dict(
-            {
-                "image": [_png(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)) for _ in range(8)],
-                "label": [i % 4 for i in range(8)],
-            },
-            features=features,
-        )
-        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
-    return folder
+    return bn_backbone(seed=seed, class_names=CLASSES, **training)
 
 
 def sha(repo_id: str, repo_type: str = "model") -> str:
@@ -122,7 +88,7 @@ def world(tmp_path_factory, fake_hub):
     ``hf-scdd recover`` (backbone and dataset by Hub id) then ``hf-scdd relabel`` (teacher by Hub id)."""
     from huggingface_hub import HfApi
 
-    from hf_scdd import recover, relabel
+    from hf_scdd.stages import recover, relabel
 
     root = tmp_path_factory.mktemp("hub_world")
     suffix = os.urandom(4).hex()
@@ -131,7 +97,7 @@ def world(tmp_path_factory, fake_hub):
     backbone = tiny_backbone(method="sc-dd-ssl", dataset=data_repo, probe_top1=0.4321, probe_epochs=2)
     backbone.save_pretrained(root / "backbone")
     push_model_folder(root / "backbone", backbone_repo)
-    write_data_folder(root / "data")
+    write_random_dataset(root / "data", CLASSES, SIZE)
     api = HfApi()
     api.create_repo(data_repo, repo_type="dataset", exist_ok=True)
     api.upload_folder(folder_path=str(root / "data"), repo_id=data_repo, repo_type="dataset")
@@ -165,7 +131,7 @@ def world(tmp_path_factory, fake_hub):
 
 
 def relabel_config(distilled: Path, teacher: str, seed: int, epochs: int = 2):
-    from hf_scdd.relabel import RelabelConfig
+    from hf_scdd.stages.relabel import RelabelConfig
 
     return config_from_dict(
         RelabelConfig,
@@ -309,8 +275,8 @@ def test_distilled_set_with_soft_labels_round_trip(world, tmp_path, hub_repo_id,
     import datasets
     from huggingface_hub import HfApi
 
-    from hf_scdd import relabel
-    from hf_scdd.relabel import SoftLabelStore
+    from hf_scdd.formats.soft_labels import SoftLabelStore
+    from hf_scdd.stages import relabel
 
     mark = len(fake_hub.log)
     folder = world["distilled"]
@@ -388,7 +354,7 @@ def test_distilled_set_with_soft_labels_round_trip(world, tmp_path, hub_repo_id,
 def test_student_card_round_trip(world, tmp_path, hub_repo_id, fake_hub):
     from huggingface_hub import ModelCard
 
-    from hf_scdd.evaluate import EvaluateConfig, run_evaluation
+    from hf_scdd.stages.evaluate import EvaluateConfig, run_evaluation
 
     mark = len(fake_hub.log)
     distilled_repo, student_repo = f"{hub_repo_id}-distilled", f"{hub_repo_id}-student"

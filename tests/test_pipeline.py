@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relabel_eval_helpers import write_image_dataset
+from helpers import write_image_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

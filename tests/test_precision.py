@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from hf_scdd.configs import ConfigError
-from hf_scdd.core import loops
-from hf_scdd.core.loops import Precision
+from hf_scdd.errors import ConfigError
 from hf_scdd.models import ResNet
-from hf_scdd.squeeze import SqueezeConfig
-from hf_scdd.squeeze import main as squeeze
+from hf_scdd.stages.squeeze import SqueezeConfig
+from hf_scdd.stages.squeeze import main as squeeze
+from hf_scdd.training import accelerator
+from hf_scdd.training.accelerator import Precision
 
 TINY = dict(arch="resnet10", width=4, batch_size=32, method="supervised", epochs=1, cpu=True, report_to="none")
 
@@ -30,7 +30,7 @@ def test_auto_follows_the_override_and_the_cpu_flags(monkeypatch):
         Precision.resolve("auto", "cpu")
     monkeypatch.delenv("HF_SCDD_AUTO_PRECISION")
     for fast in (True, False):
-        monkeypatch.setattr(loops, "cpu_has_fast_bf16", lambda fast=fast: fast)
+        monkeypatch.setattr(accelerator, "cpu_has_fast_bf16", lambda fast=fast: fast)
         assert Precision.resolve("auto", "cpu").name == ("bf16" if fast else "no")
     assert Precision.resolve("no", "cpu").dtype == torch.float32  # explicit choices pass through
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):

@@ -1,4 +1,4 @@
-"""Recover stage: the exact SC-DD objective, grouped = one-by-one, processes, resumption, outputs, bad inputs."""
+"""Recover stage: outputs, refusal of changed configs, processes, resumption, auto grouping, bad inputs, Hub."""
 
 from __future__ import annotations
 
@@ -14,23 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from relabel_eval_helpers import _png
+from helpers import bn_backbone, write_random_dataset
 from hf_scdd.configs import ConfigError, config_from_dict
-from hf_scdd.core.bn_stats import BNStatsError
-from hf_scdd.models import BackboneError, ResNet
-from hf_scdd.recover import (
-    RecoverConfig,
-    SynthesisSpec,
-    grouped_recovery_loss,
-    main,
-    plan_units,
-    recovery_loss,
-    synthesize_group,
-    unit_path,
-)
+from hf_scdd.models import BackboneError
+from hf_scdd.stages.recover import RecoverConfig, main
+from hf_scdd.synthesis.units import plan_units
+from hf_scdd.formats.distilled_set import unit_path
 
 CLASSES = ["zero", "one", "two", "three"]
 SIZE = 16
@@ -41,35 +31,13 @@ SIZE = 16
 # --------------------------------------------------------------------------------------------------------
 
 
-def tiny_backbone(num_classes: int = 4) -> ResNet:
-    torch.manual_seed(0)
-    names = CLASSES if num_classes == 4 else None
-    model = ResNet("resnet10", num_classes=num_classes, in_channels=1, width=8, image_size=SIZE, mean=[0.4],
-                   std=[0.3], class_names=names)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 1, SIZE, SIZE) * 1.5 + 0.3)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
-    import datasets
-
     root = tmp_path_factory.mktemp("recover_assets")
-    tiny_backbone().save_pretrained(root / "backbone")
-    tiny_backbone(num_classes=0).save_pretrained(root / "headless")
-    tiny_backbone(num_classes=3).save_pretrained(root / "three_classes")
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        ds = datasets.Dataset.from_dict(
-            {"image": [_png(rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8)) for _ in range(8)],
-             "label": [i % 4 for i in range(8)]},
-            features=features,
-        )
-        ds.to_parquet(str(root / "data" / "data" / f"{split}-00000-of-00001.parquet"))
+    bn_backbone(class_names=CLASSES).save_pretrained(root / "backbone")
+    bn_backbone(num_classes=0).save_pretrained(root / "headless")
+    bn_backbone(num_classes=3).save_pretrained(root / "three_classes")
+    write_random_dataset(root / "data", CLASSES, SIZE)
     return {"root": root, "backbone": root / "backbone", "data": root / "data"}
 
 
@@ -94,122 +62,6 @@ def reference_run(assets, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference") / "out"
     main(recover_config(assets, out, classes_per_batch=2))
     return out
-
-
-# --------------------------------------------------------------------------------------------------------
-# The objective
-# --------------------------------------------------------------------------------------------------------
-
-
-class ConvNet(nn.Module):
-    """A non-ResNet BN model whose BN inputs the direct computation below reproduces by hand."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1, self.b1 = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
-        self.c2, self.b2 = nn.Conv2d(6, 5, 3, stride=2, padding=1), nn.BatchNorm2d(5)
-        self.c3, self.b3 = nn.Conv2d(5, 4, 1), nn.BatchNorm2d(4)
-        self.head = nn.Linear(4, 7)
-
-    def forward(self, x):
-        x = F.relu(self.b1(self.c1(x)))
-        x = F.relu(self.b2(self.c2(x)))
-        x = F.relu(self.b3(self.c3(x)))
-        return self.head(x.mean(dim=(2, 3)))
-
-
-def conv_net() -> ConvNet:
-    torch.manual_seed(1)
-    model = ConvNet()
-    with torch.no_grad():
-        for bn in (model.b1, model.b2, model.b3):
-            bn.running_mean.uniform_(-2, 2)
-            bn.running_var.uniform_(0.5, 3)
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-    return model.eval()
-
-
-def direct_loss(model: ConvNet, x, y, r_bn, first):
-    """SC-DD's loss written out layer by layer, without hooks."""
-    def stats(a):
-        return a.mean(dim=(0, 2, 3)), a.permute(1, 0, 2, 3).reshape(a.shape[1], -1).var(1, unbiased=False)
-
-    def term(a, bn):
-        mean, var = stats(a)
-        return torch.norm(mean - bn.running_mean, 2) + torch.norm(var - bn.running_var, 2)
-
-    a1 = model.c1(x)
-    a2 = model.c2(F.relu(model.b1(a1)))
-    a3 = model.c3(F.relu(model.b2(a2)))
-    logits = model.head(F.relu(model.b3(a3)).mean(dim=(2, 3)))
-    ce = F.cross_entropy(logits, y)
-    bn = first * term(a1, model.b1) + term(a2, model.b2) + term(a3, model.b3)
-    return ce + r_bn * bn, ce, bn
-
-
-def test_recovery_loss_matches_direct_computation():
-    model = conv_net()
-    x = torch.randn(6, 3, 8, 8, requires_grad=True)
-    y = torch.tensor([0, 1, 2, 3, 4, 5])
-    loss, ce, bn = recovery_loss(model, x, y, r_bn=0.05, first_bn_multiplier=10.0)
-    (grad,) = torch.autograd.grad(loss, x)
-    x_ref = x.detach().clone().requires_grad_(True)
-    ref_loss, ref_ce, ref_bn = direct_loss(model, x_ref, y, 0.05, 10.0)
-    (ref_grad,) = torch.autograd.grad(ref_loss, x_ref)
-    for got, want in ((loss, ref_loss), (ce, ref_ce), (bn, ref_bn), (grad, ref_grad)):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert bn.item() > 1.0  # the BN term is far from zero: the comparison is not vacuous
-
-
-def test_grouped_loss_gives_each_group_its_own_gradient():
-    model = conv_net()
-    x = torch.randn(3, 5, 3, 8, 8, requires_grad=True)
-    y = torch.randint(0, 7, (3, 5))
-    loss, ce, bn = grouped_recovery_loss(model, x.flatten(0, 1), y.flatten(), groups=3, r_bn=0.1)
-    (grad,) = torch.autograd.grad(loss, x)
-    for g in range(3):
-        xg = x[g].detach().clone().requires_grad_(True)
-        loss_g, ce_g, bn_g = recovery_loss(model, xg, y[g], r_bn=0.1)
-        (grad_g,) = torch.autograd.grad(loss_g, xg)
-        torch.testing.assert_close(grad[g], grad_g, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(ce[g], ce_g)
-        torch.testing.assert_close(bn[g], bn_g, rtol=1e-5, atol=1e-5)
-
-
-def test_recovery_loss_refuses_model_without_bn():
-    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(2))
-    with pytest.raises(BNStatsError, match="no nn.BatchNorm2d"):
-        recovery_loss(model, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]), r_bn=0.01)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Synthesis: grouped = one by one
-# --------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("random_crop", [False, True])
-def test_grouped_synthesis_equals_one_by_one(random_crop):
-    model = tiny_backbone().requires_grad_(False)
-    spec = SynthesisSpec(iterations=8, lr=0.25, r_bn=0.01, first_bn_multiplier=10.0, jitter=4,
-                         random_crop=random_crop, crop_scale_min=0.08, channels=1, image_size=SIZE, mean=[0.4],
-                         std=[0.3])
-    units = plan_units(4, 3, 2, seed=5)[:3]
-    together, ce, bn = synthesize_group(model, units, spec)
-    for g, unit in enumerate(units):
-        alone, ce_g, bn_g = synthesize_group(model, [unit], spec)
-        torch.testing.assert_close(together[g], alone[0], rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(ce[g], ce_g[0], rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(together[0], together[1])  # units differ: seeds are per unit
-    low, high = (0 - 0.4) / 0.3, (1 - 0.4) / 0.3
-    assert together.min() >= low - 1e-6 and together.max() <= high + 1e-6  # clamped to the pixel range
-
-
-def test_units_are_seeded_by_ipc_and_chunk_only():
-    a, b = plan_units(10, 3, 4, seed=0), plan_units(10, 3, 4, seed=0)
-    assert a == b and len(a) == 9 and [len(u.classes) for u in a[:3]] == [4, 4, 2]
-    assert len({u.seed for u in a}) == 9
-    assert plan_units(10, 3, 4, seed=1)[0].seed != a[0].seed
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -338,7 +190,7 @@ def test_killed_run_resumes_to_the_same_dataset(assets, tmp_path):
 
 
 def test_auto_group_size_is_resolved_and_recorded(assets, tmp_path):
-    from hf_scdd.recover import prepare
+    from hf_scdd.stages.recover import prepare
 
     first = prepare(recover_config(assets, tmp_path / "auto", classes_per_batch=2, group_size=0)).config
     second = prepare(recover_config(assets, tmp_path / "auto", classes_per_batch=2, group_size=0)).config

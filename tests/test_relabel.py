@@ -9,28 +9,26 @@ import pytest
 import torch
 
 from hf_scdd.configs import ConfigError
-from hf_scdd.core.augment import ViewSpec, make_epoch_plan, render_batch
-from hf_scdd.hub import load_distilled
-from hf_scdd.relabel import (
+from hf_scdd.augment.views import ViewSpec, make_epoch_plan, render_batch
+from hf_scdd.errors import SoftLabelError
+from hf_scdd.formats.distilled_set import distilled_images
+from hf_scdd.formats.soft_labels import (
     FORMAT_VERSION,
-    RelabelConfig,
-    SoftLabelError,
     SoftLabelStore,
     decode_logits,
     encode_logits,
     epoch_file,
-    relabel,
     replay,
-    teacher_fn,
 )
-from relabel_eval_helpers import tiny_teacher, write_distilled
+from hf_scdd.hub import load_distilled
+from hf_scdd.models.loading import teacher_fn
+from hf_scdd.stages.relabel import RelabelConfig, relabel
+from helpers import tiny_teacher, write_distilled
 
 
 def _setup(tmp_path: Path, **overrides):
     folder = write_distilled(tmp_path / "dist", ipc=4)
     dataset, _, _ = load_distilled(str(folder))
-    from hf_scdd.relabel import distilled_images
-
     images, _ = distilled_images(dataset, 1, 12)
     teacher = tiny_teacher()
     values = dict(distilled=str(folder), teacher="tiny", epochs=3, batch_size=5, cpu=True, seed=3)

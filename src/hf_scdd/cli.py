@@ -2,7 +2,8 @@
 
 Single process: ``hf-scdd recover ...``. Several processes: ``accelerate launch -m hf_scdd recover ...``
 (on CPU: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m hf_scdd recover ...``).
-Stages are imported lazily so ``hf-scdd --help`` is instant.
+Stage modules are imported only once a stage is chosen, and nothing here imports torch, so ``hf-scdd --help``
+and usage errors are instant.
 """
 
 from __future__ import annotations
@@ -12,16 +13,14 @@ import logging
 import sys
 from typing import Sequence
 
-from .configs import parse_config
-
-# stage -> (module, config class, one-line description)
+# stage -> (module, config class, one-line description); every module has ``main(config)``
 STAGES: dict[str, tuple[str, str, str]] = {
-    "squeeze": ("hf_scdd.squeeze", "SqueezeConfig", "pre-train a backbone (MoCo v2 or supervised)"),
-    "probe": ("hf_scdd.squeeze", "ProbeConfig", "fit a linear probe on a frozen, eval-mode backbone"),
-    "inspect-bn": ("hf_scdd.bn_report", "InspectBNConfig", "compare BN running statistics of backbones"),
-    "recover": ("hf_scdd.recover", "RecoverConfig", "synthesise a distilled set by BN matching"),
-    "relabel": ("hf_scdd.relabel", "RelabelConfig", "store teacher soft labels as safetensors"),
-    "evaluate": ("hf_scdd.evaluate", "EvaluateConfig", "post-train a student and report top-1"),
+    "squeeze": ("hf_scdd.stages.squeeze", "SqueezeConfig", "pre-train a backbone (MoCo v2 or supervised)"),
+    "probe": ("hf_scdd.stages.probe", "ProbeConfig", "fit a linear probe on a frozen, eval-mode backbone"),
+    "inspect-bn": ("hf_scdd.stages.inspect_bn", "InspectBNConfig", "compare BN running statistics of backbones"),
+    "recover": ("hf_scdd.stages.recover", "RecoverConfig", "synthesise a distilled set by BN matching"),
+    "relabel": ("hf_scdd.stages.relabel", "RelabelConfig", "store teacher soft labels as safetensors"),
+    "evaluate": ("hf_scdd.stages.evaluate", "EvaluateConfig", "post-train a student and report top-1"),
     "pipeline": ("hf_scdd.pipeline", "PipelineConfig", "run every stage end to end"),
 }
 
@@ -34,9 +33,12 @@ def usage() -> str:
 
 
 def configure_logging() -> None:
-    """hf_scdd's own progress at INFO; libraries (accelerate's per-checkpoint lines, datasets) at WARNING."""
+    """hf_scdd's own progress at INFO; libraries at WARNING, without their progress bars (once per run)."""
+    from .utils import quiet_libraries
+
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("hf_scdd").setLevel(logging.INFO)
+    quiet_libraries()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -47,12 +49,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     stage, rest = argv[0], argv[1:]
     if stage not in STAGES:
         sys.exit(f"hf-scdd: unknown stage {stage!r}\n\n{usage()}")
+    from .configs import parse_config
+
     module_name, config_name, _ = STAGES[stage]
     module = importlib.import_module(module_name)
     config = parse_config(getattr(module, config_name), rest, prog=f"hf-scdd {stage}")
     configure_logging()
-    stage_main = getattr(module, "main" if stage not in ("probe", "inspect-bn") else stage.replace("-", "_"))
-    stage_main(config)
+    module.main(config)
 
 
 if __name__ == "__main__":

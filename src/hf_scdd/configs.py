@@ -1,7 +1,8 @@
 """Stage configuration: one ``@dataclass`` per stage, parsed from YAML plus command-line overrides.
 
-Each stage module defines its config dataclass (``SqueezeConfig`` in ``squeeze.py``, ``RecoverConfig`` in
-``recover.py``, ...), inheriting :class:`StageConfig` for the fields every stage shares. :func:`parse_config`
+Each stage module defines its config dataclass (``SqueezeConfig`` in ``stages/squeeze.py``, ``RecoverConfig``
+in ``stages/recover.py``, ...), inheriting :class:`StageConfig` for the fields every stage shares (and
+:class:`PostTrainViewFields` for the post-training views relabel and evaluate must agree on). :func:`parse_config`
 does what trl's ``TrlParser`` does on top of transformers' ``HfArgumentParser``: read ``--config file.yaml``,
 use it as defaults, then apply the command line, so ``--help`` documents every field.
 
@@ -18,15 +19,22 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
 import yaml
 
+from .errors import ConfigError
+from .utils import atomic_write_text
+
+if TYPE_CHECKING:
+    from .augment.views import ViewSpec
+
 T = TypeVar("T")
 
-
-class ConfigError(ValueError):
-    """A config value is invalid or conflicts with existing output; the message names the fix."""
+__all__ = [
+    "ConfigError", "PostTrainViewFields", "StageConfig", "check_or_write_config", "config_from_dict",
+    "load_yaml", "parse_config", "save_config",
+]
 
 
 @dataclass
@@ -61,6 +69,33 @@ class StageConfig:
     def result_fields(self) -> dict[str, Any]:
         """The fields that determine the output (what a resumed run must agree on)."""
         return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
+
+
+@dataclass
+class PostTrainViewFields:
+    """Post-training augmentation and batching, shared by ``relabel`` and ``evaluate``: stored soft labels
+    only fit the views (and batches) they were made for, so both stages take the same fields."""
+
+    batch_size: int = field(default=64, metadata={"help": "Post-training batch size (SC-DD: 64)."})
+    crop: str = field(
+        default="rrc",
+        metadata={"help": "'rrc' RandomResizedCrop (SC-DD ImageNet), 'pad' RandomCrop with padding (CIFAR), 'none'."},
+    )
+    crop_scale_min: float = field(default=0.08, metadata={"help": "Smallest RRC area share (SC-DD: 0.08)."})
+    crop_pad: int = field(default=4, metadata={"help": "Padding in pixels for --crop pad (CIFAR: 4)."})
+    flip: bool = field(default=True, metadata={"help": "Random horizontal flips."})
+    mix: str = field(default="cutmix", metadata={"help": "'cutmix' (SC-DD ImageNet), 'mixup' (CIFAR) or 'none'."})
+    mix_alpha: float = field(
+        default=1.0, metadata={"help": "Beta(alpha, alpha) for lambda (CutMix 1.0, Mixup 0.8 as in SC-DD)."}
+    )
+
+    def view_spec(self) -> "ViewSpec":
+        from .augment.views import ViewSpec
+
+        return ViewSpec(
+            crop=self.crop, scale_min=self.crop_scale_min, pad=self.crop_pad, flip=self.flip,
+            mix=self.mix, mix_alpha=self.mix_alpha,
+        )
 
 
 def parse_config(config_cls: type[T], args: Sequence[str] | None = None, prog: str | None = None) -> T:
@@ -116,15 +151,6 @@ def config_from_dict(config_cls: type[T], values: dict[str, Any]) -> T:
     if unknown:
         raise ConfigError(f"unknown field(s) {unknown} for {config_cls.__name__}")
     return config_cls(**values)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_config(config: StageConfig, folder: str | os.PathLike, name: str = "config.json", **extra: Any) -> Path:

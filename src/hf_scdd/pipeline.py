@@ -21,11 +21,12 @@ from typing import Any
 
 import yaml
 
-from .configs import ConfigError, StageConfig, atomic_write_text, check_or_write_config, config_from_dict
+from .configs import ConfigError, StageConfig, check_or_write_config, config_from_dict
+from .utils import atomic_write_text, use_cpu
 
 logger = logging.getLogger(__name__)
 
-# Post-training protocols (method.md §4, §8.6): fields shared by RelabelConfig and EvaluateConfig.
+# Post-training protocols (SC-DD's CIFAR and ImageNet recipes): fields shared by RelabelConfig and EvaluateConfig.
 EVAL_PROTOCOLS: dict[str, dict[str, Any]] = {
     "cifar": dict(crop="pad", crop_pad=4, flip=True, mix="mixup", mix_alpha=0.8, temperature=30.0),
     "imagenet": dict(crop="rrc", crop_scale_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0, temperature=20.0),
@@ -142,21 +143,15 @@ def eval_protocol(config: PipelineConfig, image_size: int) -> dict[str, Any]:
     return dict(EVAL_PROTOCOLS[name])
 
 
-def _has_matching_classifier(backbone: str, num_classes: int) -> bool:
-    from .models import load_backbone
-
-    model = load_backbone(backbone)
-    return getattr(model, "num_classes", 0) == num_classes
-
-
 def run(config: PipelineConfig) -> dict[str, Any]:
     """Run every stage; returns a summary with the artefact paths and the results table."""
     from accelerate import PartialState
 
-    from . import bn_report, evaluate, recover, relabel, squeeze
     from .data import load_image_dataset
+    from .models.loading import has_matching_classifier
+    from .stages import evaluate, inspect_bn, probe, recover, relabel, squeeze
 
-    state = PartialState(cpu=config.cpu)
+    state = PartialState(cpu=use_cpu(config.cpu))
     out = Path(config.output_dir)
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -173,11 +168,11 @@ def run(config: PipelineConfig) -> dict[str, Any]:
                            {"method": config.squeeze_method, "arch": config.arch, "width": config.width},
                            out / "squeeze")
         backbone = run_stage(state, out, "squeeze", squeeze.main, cfg)
-    if config.backbone and _has_matching_classifier(config.backbone, data.num_classes):
+    if config.backbone and has_matching_classifier(config.backbone, data.num_classes):
         recovery_model = config.backbone
     else:
-        cfg = stage_config(config, squeeze.ProbeConfig, "probe", {"backbone": str(backbone)}, out / "probe")
-        recovery_model = run_stage(state, out, "probe", squeeze.probe, cfg)
+        cfg = stage_config(config, probe.ProbeConfig, "probe", {"backbone": str(backbone)}, out / "probe")
+        recovery_model = run_stage(state, out, "probe", probe.main, cfg)
     summary["recovery_model"] = recovery_model
 
     # 2. the relabel / KD teacher
@@ -223,9 +218,9 @@ def run(config: PipelineConfig) -> dict[str, Any]:
         _collect_figures(out, Path(str(distilled)))
         backbones = [str(recovery_model)] + ([str(teacher)] if teacher != recovery_model and Path(str(teacher)).exists() else [])
         labels = [config.squeeze_method if not config.backbone else "recovery"] + (["supervised teacher"] if len(backbones) > 1 else [])
-        bn_cfg = config_from_dict(bn_report.InspectBNConfig, {**_shared(config), "output_dir": str(out / "bn_stats"),
-                                                               "backbones": backbones, "labels": labels})
-        bn_report.inspect_bn(bn_cfg)
+        bn_cfg = config_from_dict(inspect_bn.InspectBNConfig, {**_shared(config), "output_dir": str(out / "bn_stats"),
+                                                                "backbones": backbones, "labels": labels})
+        inspect_bn.main(bn_cfg)
         results_md = (out / "evaluate" / "results.md").read_text() if (out / "evaluate" / "results.md").exists() else ""
         atomic_write_text(out / "results.md", results_md)
         print(_artefact_listing(out, recovery_model, teacher, distilled) + "\n\n" + results_md, flush=True)
@@ -259,7 +254,7 @@ def push_artefacts(state, config: PipelineConfig, recovery_model, distilled, stu
     The folders are uploaded as they are, so each keeps the card its stage wrote (probe accuracy, provenance,
     evaluation results).
     """
-    from .hub import push_distilled, push_model_folder
+    from .hub.push import push_distilled, push_model_folder
 
     if not state.is_main_process:
         return {}

@@ -44,7 +44,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .backbone import BackboneError, ResNet
+from ..errors import BackboneError
+from .resnet import ResNet
 
 LAYOUTS = ("auto", "torchvision", "lincls", "mocov2", "mocov3", "dino", "swav")
 """Accepted values of ``layout``."""

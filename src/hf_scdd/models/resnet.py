@@ -7,18 +7,23 @@ constructor config, the weights *and the BN running statistics* in safetensors, 
 
 The config also carries what the later stages need to use the model without guessing: the input
 normalisation, the image size, the class names and a ``training`` record (method, dataset, epochs, probe
-accuracy) that the model card shows.
+accuracy) that the model card shows. :func:`~hf_scdd.models.loading.load_backbone` loads any backbone;
+:meth:`ResNet.push_to_hub` goes through the library's one upload path (``hub/push.py``).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import ModelCard, PyTorchModelHubMixin
+from huggingface_hub import ModelCard, PyTorchModelHubMixin, constants
 from torch import nn
 
-from ..cards import render_model_card
+from ..errors import BackboneError
+from ..hub.cards import render_model_card
+from ..utils import atomic_folder
 
 # arch -> (block type, blocks per stage)
 ARCHITECTURES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -29,10 +34,6 @@ ARCHITECTURES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "resnet101": ("bottleneck", (3, 4, 23, 3)),
 }
 STEMS = ("cifar", "imagenet")
-
-
-class BackboneError(ValueError):
-    """A backbone cannot be built or loaded as requested; the message says why and what to do."""
 
 
 class BasicBlock(nn.Module):
@@ -220,14 +221,36 @@ class ResNet(
         kwargs.setdefault("config", self.config)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def push_to_hub(self, repo_id: str, *args, **kwargs):
-        kwargs.setdefault("config", self.config)
-        return super().push_to_hub(repo_id, *args, **kwargs)
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        private: bool = False,
+        branch: str | None = None,
+    ) -> str:
+        """Save the model (weights, config, card) and upload it with :func:`hf_scdd.hub.push.push_model_folder`,
+        the library's one upload path; returns the commit URL."""
+        import tempfile
+
+        from ..hub.push import push_model_folder
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return push_model_folder(tmp, repo_id, revision=branch, private=private, commit_message=commit_message)
 
     @classmethod
-    def _from_pretrained(cls, *, strict: bool = True, **kwargs):
-        """Strict by default (the mixin's default is not): a backbone missing BN buffers must not load."""
-        return super()._from_pretrained(strict=strict, **kwargs)
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", strict: bool = True, **kwargs):
+        """Strict by default (the mixin's default is not): a backbone missing BN buffers must not load.
+
+        A local folder is read directly (the mixin prints a line for it); Hub ids go through the mixin.
+        """
+        if not os.path.isdir(model_id):
+            return super()._from_pretrained(model_id=model_id, map_location=map_location, strict=strict, **kwargs)
+        download_options = ("revision", "cache_dir", "force_download", "local_files_only", "token")
+        model = cls(**{k: v for k, v in kwargs.items() if k not in download_options})
+        path = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
+        return cls._load_as_safetensor(model, path, map_location, strict)
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """The card from ``model_cards/backbone.md`` with per-model metadata (datasets, metrics)."""
@@ -242,42 +265,15 @@ def build_backbone(arch: str = "resnet18", **kwargs: Any) -> ResNet:
     return ResNet(arch=arch, **kwargs)
 
 
-def load_backbone(name_or_path: str, *, revision: str | None = None, map_location: str = "cpu") -> nn.Module:
-    """Load a recovery model / teacher from a Hub repo id or a local folder.
+def plain_resnet(model: ResNet) -> ResNet:
+    """A fresh plain-BatchNorm ResNet with ``model``'s config and state (drops MoCo's SplitBatchNorm)."""
+    plain = ResNet(**model.config)
+    plain.load_state_dict(model.state_dict())
+    return plain.eval()
 
-    Accepts an hf_scdd model (``config.json`` with ``arch``) or a transformers BN image classifier (wrapped
-    by :class:`hf_scdd.models.adapters.TransformersClassifier`). Returned in eval mode.
-    """
-    import json
-    import os
 
-    config = None
-    if os.path.isdir(name_or_path):
-        path = os.path.join(name_or_path, "config.json")
-        if not os.path.exists(path):
-            raise BackboneError(f"{name_or_path} has no config.json: is it a saved model folder?")
-        with open(path) as f:
-            config = json.load(f)
-    else:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            with open(hf_hub_download(name_or_path, "config.json", revision=revision)) as f:
-                config = json.load(f)
-        except Exception as err:  # noqa: BLE001
-            raise BackboneError(
-                f"could not fetch config.json of backbone {name_or_path!r} ({type(err).__name__}: {err}); "
-                "pass a local folder or a Hub model id"
-            ) from err
-    if "arch" in config:
-        model = ResNet.from_pretrained(name_or_path, revision=revision, map_location=map_location)
-    elif "model_type" in config:
-        from .adapters import TransformersClassifier
-
-        model = TransformersClassifier.from_pretrained(name_or_path, revision=revision)
-    else:
-        raise BackboneError(
-            f"{name_or_path!r} is neither an hf_scdd backbone (config with 'arch') nor a transformers model "
-            "(config with 'model_type')"
-        )
-    return model.eval()
+def save_model_atomically(model: nn.Module, folder: str | os.PathLike) -> Path:
+    """``save_pretrained`` into a temporary sibling, then rename: readers never see half a model."""
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+    return Path(folder)

@@ -1,4 +1,4 @@
-"""Tiny on-disk datasets and models for the relabel/evaluate tests (owner: relabel/evaluate)."""
+"""Tiny on-disk datasets and models shared by the tests (recover, relabel, evaluate, Hub round trips)."""
 
 from __future__ import annotations
 
@@ -75,3 +75,38 @@ def tiny_teacher(folder: Path | None = None, num_classes: int = 3, size: int = 1
     if folder is not None:
         model.save_pretrained(folder)
     return model
+
+
+def bn_backbone(num_classes: int = 4, seed: int = 0, size: int = 16, class_names=None, **training):
+    """A resnet10 (width 8, grey ``size``² input) whose BN running statistics are non-trivial (three
+    train-mode passes over shifted noise), in eval mode: a recovery model for the tests."""
+    import torch
+
+    from hf_scdd.models import ResNet
+
+    torch.manual_seed(seed)
+    model = ResNet("resnet10", num_classes=num_classes, in_channels=1, width=8, image_size=size, mean=[0.4],
+                   std=[0.3], class_names=class_names, training=training or None)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 1, size, size) * 1.5 + 0.3)
+    return model.eval()
+
+
+def write_random_dataset(folder: Path, class_names: list[str], size: int = 16, per_split: int = 8) -> Path:
+    """A grey dataset of uniform-noise images (train/test, ``per_split`` each, labels cycling through the
+    classes) in the Hub parquet layout: what recovery needs of real data is only its class names."""
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=class_names)})
+    rng = np.random.default_rng(0)
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        ds = datasets.Dataset.from_dict(
+            {"image": [_png(rng.integers(0, 256, (size, size), dtype=np.uint8)) for _ in range(per_split)],
+             "label": [i % len(class_names) for i in range(per_split)]},
+            features=features,
+        )
+        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder

@@ -1,4 +1,4 @@
-"""BatchNorm input statistics and the SC-DD BN-matching term, computed by forward hooks.
+"""BatchNorm statistics and THE SC-DD recovery objective: the one function synthesis and the tests call.
 
 SC-DD (like SRe²L/DeepInversion) matches, for every ``nn.BatchNorm2d`` of a frozen, eval-mode model, the
 per-channel mean and *biased* variance of the layer's **input** over (N, H, W) against the layer's
@@ -6,7 +6,7 @@ per-channel mean and *biased* variance of the layer's **input** over (N, H, W) a
 
     bn = Σ_l w_l (‖μ_l(x) − μ̂_l‖₂ + ‖σ²_l(x) − σ̂²_l‖₂),   w = first_bn_multiplier for the first BN layer, 1 else
 
-with plain (unsquared, undivided) Euclidean norms over channels (method.md §2.1).
+with plain (unsquared, undivided) Euclidean norms over channels, as in the SC-DD/SRe²L reference code.
 
 Two things differ from the reference hooks, neither changes the objective:
 
@@ -18,18 +18,32 @@ Two things differ from the reference hooks, neither changes the objective:
 
 The hooks only store tensors into a per-layer slot (no host synchronisation); :meth:`BNStatsRecorder.bn_loss`
 reduces them after the forward pass.
+
+The recovery objective adds the hard-label cross-entropy (SC-DD's loss):
+
+    L = CE(f(aug(x)), y) + r_bn · bn
+
+:func:`grouped_recovery_loss` is that loss, the one function :func:`hf_scdd.synthesis.engine.synthesize_group`
+calls at every step and the tests check against a hand-written computation; :func:`recovery_loss` is its
+one-batch form. To change the recovery loss, change :func:`recovery_objective`.
+
+The module also summarises running statistics per layer (:func:`bn_layer_stats`, for ``hf-scdd inspect-bn``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..errors import BNStatsError
+from ..training.accelerator import Precision, autocast_of
 
-class BNStatsError(ValueError):
-    """The model cannot be used for BN matching (no BatchNorm2d layer, or BN layers in training mode)."""
+STATS = ("mean_of_running_mean", "std_of_running_mean", "mean_of_running_var", "std_of_running_var")
+"""The per-layer summaries of :func:`bn_layer_stats`."""
 
 
 def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -167,3 +181,102 @@ def iter_bn_running_stats(model: nn.Module) -> Iterator[tuple[str, torch.Tensor,
     for name, module in model.named_modules():
         if isinstance(module, nn.BatchNorm2d):
             yield name, module.running_mean, module.running_var
+
+
+def bn_layer_stats(model: nn.Module) -> list[dict]:
+    """Per BN layer (in module order): name, channel count and the across-channel mean/std of its buffers."""
+    rows = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            rm, rv = module.running_mean.detach().double(), module.running_var.detach().double()
+            rows.append(
+                {
+                    "layer": name,
+                    "channels": int(rm.numel()),
+                    "mean_of_running_mean": float(rm.mean()),
+                    "std_of_running_mean": float(rm.std(unbiased=False)),
+                    "mean_of_running_var": float(rv.mean()),
+                    "std_of_running_var": float(rv.std(unbiased=False)),
+                }
+            )
+    return rows
+
+
+def summarize_bn_stats(rows: list[dict]) -> dict:
+    """Averages over layers of each statistic: one number per statistic to compare models at a glance."""
+    return {k: float(torch.tensor([r[k] for r in rows], dtype=torch.float64).mean()) for k in STATS} if rows else {}
+
+
+# --------------------------------------------------------------------------------------------------------
+# The recovery objective
+# --------------------------------------------------------------------------------------------------------
+
+
+def model_logits(output: Any) -> torch.Tensor:
+    """Plain tensors pass through; transformers ``ModelOutput``s give their ``logits``."""
+    return output.logits if hasattr(output, "logits") else output
+
+
+def recovery_objective(
+    logits: torch.Tensor, labels: torch.Tensor, bn: torch.Tensor, groups: int, r_bn: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(Σ_g (ce_g + r_bn·bn_g), ce [G], bn [G])`` with ce_g the mean CE over group g's batch, in fp32."""
+    ce = F.cross_entropy(logits.float(), labels, reduction="none").view(groups, -1).mean(dim=1)
+    return (ce + r_bn * bn).sum(), ce, bn
+
+
+def grouped_recovery_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    groups: int,
+    r_bn: float,
+    first_bn_multiplier: float = 10.0,
+    precision: Precision | None = None,
+    recorder: BNStatsRecorder | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The SC-DD loss of ``groups`` independent batches stacked in ``images`` [G*B, C, H, W].
+
+    Returns ``(loss, ce [G], bn [G])`` where ``loss`` is the sum of the groups' losses, so the gradient with
+    respect to each group's images equals the gradient of that group's loss computed on its own. The forward
+    pass runs under ``precision``'s autocast; BN statistics and the loss are float32. ``recorder`` is an
+    open :class:`BNStatsRecorder` on ``model`` with these ``groups`` and ``first_bn_multiplier`` (synthesis
+    keeps one open across its steps); without one, one is opened for this call.
+    """
+    if recorder is None:
+        with BNStatsRecorder(model, groups=groups, first_bn_multiplier=first_bn_multiplier) as recorder:
+            return grouped_recovery_loss(
+                model, images, labels, groups=groups, r_bn=r_bn, first_bn_multiplier=first_bn_multiplier,
+                precision=precision, recorder=recorder,
+            )
+    if (recorder.groups, recorder.first_bn_multiplier) != (groups, float(first_bn_multiplier)):
+        raise BNStatsError(
+            f"the recorder was opened for {recorder.groups} group(s) with first_bn_multiplier "
+            f"{recorder.first_bn_multiplier}, not {groups} with {first_bn_multiplier}"
+        )
+    with autocast_of(precision):
+        logits = model_logits(model(images))
+    return recovery_objective(logits, labels, recorder.bn_loss(), groups, r_bn)
+
+
+def recovery_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    r_bn: float,
+    first_bn_multiplier: float = 10.0,
+    precision: Precision | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SC-DD's recovery loss of one batch: ``(loss, ce, bn)`` scalars (:func:`grouped_recovery_loss`, G = 1).
+
+    ``loss = ce + r_bn * bn`` with ``ce`` the mean cross-entropy against the hard ``labels`` and ``bn`` the
+    weighted sum over every BatchNorm2d of ‖μ − running_mean‖₂ + ‖σ² − running_var‖₂ (biased batch statistics
+    of the layer's input over N, H, W, in float32; the first BN layer weighted by ``first_bn_multiplier``).
+    ``model`` must be in eval mode (its BN layers normalise with the running statistics being matched).
+    """
+    loss, ce, bn = grouped_recovery_loss(
+        model, images, labels, groups=1, r_bn=r_bn, first_bn_multiplier=first_bn_multiplier, precision=precision
+    )
+    return loss, ce[0], bn[0]

@@ -1,81 +1,48 @@
-"""``hf-scdd relabel``: a teacher's soft labels for a distilled set, stored as safetensors.
+"""The soft-label format: FKD-style per-epoch records (or one vector per image) as safetensors files.
 
 SC-DD as released runs its teacher online during post-training (nothing stored). SRe²L's FKD instead stores,
 for every epoch, the augmentation each image got and the teacher's logits on the resulting mixed batch, so
-evaluation needs no teacher. This module does the FKD variant in a portable form:
+post-training needs no teacher. This is the FKD variant in a portable form, in a distilled set's
+``soft_labels/`` folder::
 
-* ``soft_labels/epoch_XXXX.safetensors``, one file per epoch, holding the epoch's :class:`EpochPlan` (slot
-  order, crop box, flip, mix partner, lambda, CutMix box) and the teacher's logits on each mixed view, as fp16
-  or int8 (per-row scale), optionally only the top-k classes (int16 indices) plus the mean of the others
-  ("tail", so high-temperature targets keep their mass). Format metadata lives in the safetensors header.
-* ``--mode compact``: one vector per image (teacher on the un-augmented image), ``soft_labels/compact.safetensors``.
-* :class:`SoftLabelStore` reads and validates them; :func:`replay` re-renders exactly the stored views, so the
-  stored logits belong to the views the student sees. No torch internals are patched (cf. SRe²L issue #17).
+    epoch_XXXX.safetensors   one file per epoch: the epoch's EpochPlan (order int32 [N], crop float16 [N, 4],
+                             flip bool [N], mix_index int32 [N], mix_lambda float32 [B], mix_box int32 [B, 4])
+                             and the teacher's logits on each mixed view: logits fp16 [N, K] or int8 [N, K] +
+                             scale fp16 [N]; with top-k also indices int16 [N, K] and tail fp16 [N] (the mean
+                             of the other classes, so high-temperature targets keep their mass)
+    compact.safetensors      ``--mode compact``: one vector per image (teacher on the un-augmented image)
+    relabel_config.json      the config that wrote them; label_bytes.json, the storage report
 
-Each epoch depends on ``(seed, epoch)`` only, epochs are spread over processes round robin, files are written
-atomically, a rerun skips finished epochs and a changed config is refused.
+The header of every file records the format (:class:`LabelFormat`: version, mode, counts, batch size, seed,
+temperature, top-k, dtype, teacher and revision, view settings); :class:`SoftLabelStore` reads a folder and
+validates it before any training step uses it, and :func:`replay` re-renders exactly the stored views, so the
+stored logits belong to the views the student sees. No torch internals are patched (cf. SRe²L issue #17).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
-from .configs import ConfigError, StageConfig, atomic_write_text, check_or_write_config
-from .core.augment import EpochPlan, ViewSpec, make_epoch_plan, render_batch
-from .data import normalize
-from .hub import load_distilled
-
-logger = logging.getLogger(__name__)
+from ..augment.views import EpochPlan, ViewSpec, make_epoch_plan, render_batch
+from ..errors import ConfigError, SoftLabelError
+from ..models.loading import TeacherFn
+from ..utils import atomic_save_safetensors
+from .distilled_set import SOFT_LABELS_DIR
 
 FORMAT_NAME = "hf_scdd.soft_labels"
 FORMAT_VERSION = 1
-LABELS_DIRNAME = "soft_labels"
 COMPACT_FILE = "compact.safetensors"
 LABEL_DTYPES = ("fp16", "int8")
 
 
-class SoftLabelError(ValueError):
-    """Soft labels are missing, damaged or belong to another set; the message names the problem and the fix."""
-
-
 def epoch_file(epoch: int) -> str:
     return f"epoch_{epoch:04d}.safetensors"
-
-
-# --------------------------------------------------------------------------------------------------------
-# Shared view options (relabel and evaluate must agree on them)
-# --------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PostTrainViewFields:
-    """Post-training augmentation and batching, shared by ``relabel`` and ``evaluate``."""
-
-    batch_size: int = field(default=64, metadata={"help": "Post-training batch size (SC-DD: 64)."})
-    crop: str = field(
-        default="rrc",
-        metadata={"help": "'rrc' RandomResizedCrop (SC-DD ImageNet), 'pad' RandomCrop with padding (CIFAR), 'none'."},
-    )
-    crop_scale_min: float = field(default=0.08, metadata={"help": "Smallest RRC area share (SC-DD: 0.08)."})
-    crop_pad: int = field(default=4, metadata={"help": "Padding in pixels for --crop pad (CIFAR: 4)."})
-    flip: bool = field(default=True, metadata={"help": "Random horizontal flips."})
-    mix: str = field(default="cutmix", metadata={"help": "'cutmix' (SC-DD ImageNet), 'mixup' (CIFAR) or 'none'."})
-    mix_alpha: float = field(
-        default=1.0, metadata={"help": "Beta(alpha, alpha) for lambda (CutMix 1.0, Mixup 0.8 as in SC-DD)."}
-    )
-
-    def view_spec(self) -> ViewSpec:
-        return ViewSpec(
-            crop=self.crop, scale_min=self.crop_scale_min, pad=self.crop_pad, flip=self.flip,
-            mix=self.mix, mix_alpha=self.mix_alpha,
-        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -190,22 +157,6 @@ class EpochLabels:
         return self.logits[self.plan.batch_slots(b)]
 
 
-TeacherFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def teacher_fn(teacher: torch.nn.Module, mean, std, *, train_mode: bool = False) -> TeacherFn:
-    """Wrap a teacher as ``pixels in [0, 1] → logits``, normalising with the teacher's own statistics."""
-    mean = getattr(teacher, "mean", None) or mean
-    std = getattr(teacher, "std", None) or std
-    teacher.train(train_mode)
-
-    @torch.no_grad()
-    def run(pixels: torch.Tensor) -> torch.Tensor:
-        return teacher(normalize(pixels, mean, std)).float()
-
-    return run
-
-
 def label_epoch(
     images_uint8: torch.Tensor, teacher: TeacherFn, fmt: LabelFormat, epoch: int, device=None
 ) -> dict[str, torch.Tensor]:
@@ -225,14 +176,8 @@ def label_compact(images_uint8: torch.Tensor, teacher: TeacherFn, fmt: LabelForm
 
 
 def write_label_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Atomic safetensors write (temp file + rename), readable by others (safetensors creates 0600 files)."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    """One label file, written atomically (a killed relabel leaves no half file to trust)."""
+    atomic_save_safetensors(path, tensors, metadata)
 
 
 class InMemoryLabels:
@@ -253,7 +198,7 @@ class InMemoryLabels:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Reading and validating
+# Reading, validating, writing
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -275,8 +220,8 @@ class SoftLabelStore:
         require_complete: bool = True,
     ):
         folder = Path(folder)
-        if (folder / LABELS_DIRNAME).is_dir():
-            folder = folder / LABELS_DIRNAME
+        if (folder / SOFT_LABELS_DIR).is_dir():
+            folder = folder / SOFT_LABELS_DIR
         self.folder = folder
         if not folder.is_dir():
             raise SoftLabelError(f"no soft-label folder at {folder}; create it with `hf-scdd relabel`")
@@ -385,105 +330,8 @@ def replay(images_uint8: torch.Tensor, labels: EpochLabels, device=None) -> Iter
         yield render_batch(images_uint8, labels.plan, b, device), labels.batch_logits(b)
 
 
-# --------------------------------------------------------------------------------------------------------
-# Stage
-# --------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RelabelConfig(PostTrainViewFields, StageConfig):
-    """``hf-scdd relabel``: store a teacher's soft labels next to a distilled set."""
-
-    distilled: str | None = field(default=None, metadata={"help": "Distilled set: folder or Hub dataset id."})
-    revision: str | None = field(default=None, metadata={"help": "Revision of a Hub distilled set."})
-    teacher: str | None = field(default=None, metadata={"help": "Teacher backbone with a classifier: folder or Hub id."})
-    teacher_revision: str | None = field(default=None, metadata={"help": "Revision of a Hub teacher."})
-    labels_dir: str | None = field(
-        default=None,
-        metadata={"help": "Where to write; default <distilled>/soft_labels, or <output_dir>/soft_labels for a Hub id."},
-    )
-    mode: str = field(default="fkd", metadata={"help": "'fkd' (per-epoch views + logits) or 'compact' (one per image)."})
-    epochs: int = field(default=300, metadata={"help": "Epochs of labels to store (training cycles through them)."})
-    temperature: float = field(default=20.0, metadata={"help": "KD temperature recorded for training (20 IN, 30 CIFAR)."})
-    topk: int = field(default=0, metadata={"help": "Store only the top-k logits (+ the mean of the rest); 0 = all."})
-    label_dtype: str = field(default="fp16", metadata={"help": "'fp16' or 'int8' (per-row scale) logit values."})
-
-
-def uses_cpu(cpu: bool) -> bool:
-    """The CPU decision of ``make_accelerator`` (flag or ``ACCELERATE_USE_CPU``): a ``PartialState`` created
-    first must agree with it, or under ``accelerate launch`` on CPU every rank believes it is alone."""
-    return bool(cpu) or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-
-
-def distilled_images(dataset, channels: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode a distilled ``datasets.Dataset`` (image + ClassLabel) to uint8 [N, C, S, S] and int64 [N]."""
-    from .data import decode_images
-
-    return decode_images(dataset.select_columns(["image", "label"]), channels, image_size)
-
-
-def image_nbytes(dataset) -> int:
-    """Bytes of the encoded images (PNG/JPEG) of a distilled set, the denominator of the labels' cost."""
-    import datasets
-
-    raw = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
-    return sum(len(x["image"]["bytes"] or b"") for x in raw)
-
-
-def resolve_labels_dir(config: RelabelConfig) -> Path:
-    if config.labels_dir:
-        return Path(config.labels_dir)
-    if config.distilled and os.path.isdir(config.distilled):
-        return Path(config.distilled) / LABELS_DIRNAME
-    return Path(config.output_dir) / LABELS_DIRNAME
-
-
-def relabel(
-    config: RelabelConfig,
-    *,
-    images: torch.Tensor,
-    teacher: torch.nn.Module,
-    labels_dir: str | os.PathLike,
-    image_bytes: int | None = None,
-    accelerator=None,
-) -> dict[str, Any]:
-    """Write the label files for ``images`` (uint8) into ``labels_dir``; returns the bytes report."""
-    from accelerate import PartialState
-    from tqdm.auto import tqdm
-
-    if config.mode not in ("fkd", "compact"):
-        raise ConfigError(f"--mode must be 'fkd' or 'compact', got {config.mode!r}")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise ConfigError("--epochs and --batch_size must be >= 1")
-    state = PartialState(cpu=uses_cpu(config.cpu)) if accelerator is None else accelerator.state
-    labels_dir = Path(labels_dir)
-    if state.is_main_process:
-        labels_dir.mkdir(parents=True, exist_ok=True)
-        # the teacher runs in float32 whatever --mixed_precision says (as it always has): record that
-        check_or_write_config(config, labels_dir, name="relabel_config.json", runtime={"precision": "no"})
-    state.wait_for_everyone()
-    fmt = make_format(config, images, teacher)
-    run = teacher_fn(teacher.to(state.device), getattr(teacher, "mean", None), getattr(teacher, "std", None))
-    if config.mode == "compact":
-        if state.is_main_process and not _valid(labels_dir / COMPACT_FILE, fmt):
-            write_label_file(labels_dir / COMPACT_FILE, label_compact(images, run, fmt, state.device), fmt.metadata())
-    else:
-        mine = [e for e in range(config.epochs) if e % state.num_processes == state.process_index]
-        todo = [e for e in mine if not _valid(labels_dir / epoch_file(e), fmt)]
-        for e in tqdm(todo, desc="relabel", disable=not state.is_local_main_process):
-            tensors = label_epoch(images, run, fmt, e, state.device)
-            write_label_file(labels_dir / epoch_file(e), tensors, fmt.metadata(epoch=e))
-    state.wait_for_everyone()
-    store = SoftLabelStore(labels_dir, num_images=len(images), num_classes=fmt.num_classes)
-    report = bytes_report(store, image_bytes)
-    if state.is_main_process:
-        atomic_write_text(labels_dir / "label_bytes.json", json.dumps(report, indent=2) + "\n")
-        print(format_bytes_report(report))
-    state.wait_for_everyone()
-    return report
-
-
-def make_format(config: RelabelConfig, images: torch.Tensor, teacher: torch.nn.Module) -> LabelFormat:
+def label_format(config: Any, images: torch.Tensor, teacher: torch.nn.Module) -> LabelFormat:
+    """The format a ``RelabelConfig`` describes for ``images`` (uint8) and ``teacher`` (its class count)."""
     num_classes = int(getattr(teacher, "num_classes", 0) or 0)
     if num_classes <= 0:
         with torch.no_grad():
@@ -499,7 +347,7 @@ def make_format(config: RelabelConfig, images: torch.Tensor, teacher: torch.nn.M
     )
 
 
-def _valid(path: Path, fmt: LabelFormat) -> bool:
+def is_valid_label_file(path: Path, fmt: LabelFormat) -> bool:
     """A finished file of this very format (a truncated or foreign one is redone)."""
     if not path.exists():
         return False
@@ -533,30 +381,27 @@ def format_bytes_report(report: dict[str, Any]) -> str:
     return text
 
 
-def main(config: RelabelConfig) -> dict[str, Any]:
-    """``hf-scdd relabel --distilled FOLDER_OR_REPO --teacher FOLDER_OR_REPO``."""
-    from .core.loops import make_accelerator
-    from .models import load_backbone
+def write_soft_labels(
+    state, images: torch.Tensor, teacher: TeacherFn, fmt: LabelFormat, labels_dir: Path
+) -> None:
+    """Write the files ``fmt`` describes that ``labels_dir`` does not hold yet (a valid file of this very
+    format is kept; a truncated or foreign one is redone). FKD epochs are spread over processes round robin;
+    each depends on ``(seed, epoch)`` only. ``state`` is the stage's accelerate state."""
+    from tqdm.auto import tqdm
 
-    if not config.distilled or not config.teacher:
-        raise ConfigError("relabel needs --distilled FOLDER_OR_REPO and --teacher FOLDER_OR_REPO")
-    labels_dir = resolve_labels_dir(config)
-    accelerator = make_accelerator(labels_dir, cpu=config.cpu, report_to="none", run_name="relabel")
-    dataset, _, _ = load_distilled(config.distilled, config.revision)
-    teacher = load_backbone(config.teacher, revision=config.teacher_revision)
-    channels = int(getattr(teacher, "in_channels", 0) or (1 if dataset[0]["image"].mode == "L" else 3))
-    image_size = int(max(dataset[0]["image"].size))
-    images, _ = distilled_images(dataset, channels, image_size)
-    report = relabel(
-        config, images=images, teacher=teacher, labels_dir=labels_dir,
-        image_bytes=image_nbytes(dataset), accelerator=accelerator,
+    if fmt.mode == "compact":
+        if state.is_main_process and not is_valid_label_file(labels_dir / COMPACT_FILE, fmt):
+            write_label_file(labels_dir / COMPACT_FILE, label_compact(images, teacher, fmt, state.device), fmt.metadata())
+        return
+    mine = [e for e in range(fmt.num_epochs) if e % state.num_processes == state.process_index]
+    todo = [e for e in mine if not is_valid_label_file(labels_dir / epoch_file(e), fmt)]
+    for e in tqdm(todo, desc="relabel", disable=not state.is_local_main_process):
+        write_label_file(labels_dir / epoch_file(e), label_epoch(images, teacher, fmt, e, state.device),
+                         fmt.metadata(epoch=e))
+
+
+def is_compact(store: Any) -> bool:
+    """Whether a store (read from files or made in memory) holds one label per image."""
+    return getattr(store, "mode", None) == "compact" or (
+        isinstance(store, InMemoryLabels) and store.format.mode == "compact"
     )
-    if config.push_to_hub and accelerator.is_main_process:
-        from huggingface_hub import HfApi
-
-        HfApi().create_repo(config.push_to_hub, repo_type="dataset", exist_ok=True)
-        HfApi().upload_folder(
-            repo_id=config.push_to_hub, repo_type="dataset", folder_path=str(labels_dir),
-            path_in_repo=LABELS_DIRNAME, commit_message="Add soft labels (hf-scdd relabel)",
-        )
-    return report

@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from hf_scdd.bn_report import STATS, InspectBNConfig, bn_layer_stats, inspect_bn
+from hf_scdd.losses.bn_matching import STATS, bn_layer_stats
+from hf_scdd.stages.inspect_bn import InspectBNConfig
+from hf_scdd.stages.inspect_bn import main as inspect_bn
 from hf_scdd.configs import ConfigError
 from hf_scdd.models import ResNet
 

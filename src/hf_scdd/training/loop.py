@@ -1,9 +1,10 @@
 """The one Accelerate training loop that squeeze (MoCo v2, supervised), probe and evaluate share.
 
-A stage supplies a ``step_fn(batch) -> dict`` returning a scalar ``"loss"`` (plus any scalars to log) and
-:func:`train` does the rest the same way for every stage: ``prepare``, backward, optimiser and per-step
-scheduler, progress bar on the main process, tracker logging, ``save_state`` checkpoints every epoch (and
-every ``checkpoint_steps``), and resumption from the newest checkpoint when the same command is rerun.
+A stage supplies a ``step_fn(batch) -> dict`` returning a scalar ``"loss"`` (plus any scalars to log), its
+forward passes under the stage's ``precision.autocast()``, and :func:`train` does the rest the same way for
+every stage: backward (with fp16 loss scaling), optimiser and per-step scheduler, progress bar on the main
+process, tracker logging, ``save_state`` checkpoints every epoch (and every ``checkpoint_steps``), and
+resumption from the newest checkpoint when the same command is rerun.
 
 Data for small datasets are in-memory tensors: the loader yields *indices* (sharded across processes by
 ``prepare``), and the stage's ``step_fn`` gathers and augments the batch on the device with kornia.
@@ -16,7 +17,7 @@ import logging
 import math
 import os
 import re
-import time
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -24,171 +25,11 @@ from typing import Any, Callable, Iterable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .accelerator import Precision
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
-
-
-# --------------------------------------------------------------------------------------------------------
-# Accelerator set-up
-# --------------------------------------------------------------------------------------------------------
-
-
-PRECISIONS = ("auto", "no", "bf16", "fp16")
-AUTO_PRECISION_ENV = "HF_SCDD_AUTO_PRECISION"
-"""Environment variable forcing what ``auto`` resolves to (``bf16`` or ``no``), e.g. to test both paths."""
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 matrix units (AMX or AVX512-BF16); elsewhere bf16 is emulated and
-    many times *slower* than fp32 (measured: ~17× on an AVX2-only EPYC), so ``auto`` must not pick it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def auto_precision(device_type: str) -> str:
-    """What ``auto`` means on ``device_type``: bf16 where the hardware runs it natively, else ``no``.
-
-    ``$HF_SCDD_AUTO_PRECISION`` (``bf16`` or ``no``) overrides the hardware check, so one machine can run the
-    code paths of both answers.
-    """
-    forced = os.environ.get(AUTO_PRECISION_ENV, "").strip().lower()
-    if forced:
-        if forced not in ("bf16", "no"):
-            from ..configs import ConfigError
-
-            raise ConfigError(f"${AUTO_PRECISION_ENV} must be 'bf16' or 'no', got {forced!r}")
-        return forced
-    if device_type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    if device_type == "cpu":
-        return "bf16" if cpu_has_fast_bf16() else "no"
-    return "no"
-
-
-@dataclass(frozen=True)
-class Precision:
-    """One stage's compute precision, applied through its own autocast context.
-
-    Not ``Accelerator(mixed_precision=...)``: that writes the process-global ``AcceleratorState``, so a
-    second stage in the same process with another precision would fail. BN statistics, losses, images and
-    optimiser state stay float32 (the losses take ``.float()`` logits); ``fp16`` (CUDA only) also needs the
-    loss scaling that :meth:`grad_scaler` provides.
-
-    Attributes:
-        name: ``no`` (float32), ``bf16`` or ``fp16``.
-        device_type: the device the autocast context applies to (``cpu``, ``cuda``, ...).
-    """
-
-    name: str
-    device_type: str
-
-    @classmethod
-    def resolve(cls, requested: str, device: torch.device | str) -> "Precision":
-        """The precision a stage runs at: ``requested`` with ``auto`` resolved for ``device``."""
-        from ..configs import ConfigError
-
-        device_type = torch.device(device).type
-        if requested not in PRECISIONS:
-            raise ConfigError(f"--mixed_precision must be one of {list(PRECISIONS)}, got {requested!r}")
-        name = auto_precision(device_type) if requested == "auto" else requested
-        if name == "fp16" and device_type != "cuda":
-            raise ConfigError("--mixed_precision fp16 needs a CUDA GPU; use bf16 or no on this device")
-        return cls(name, device_type)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype autocast computes matrix products in (float32 when disabled)."""
-        return {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
-
-    def autocast(self):
-        """The autocast context of this precision; for ``no`` it *disables* autocast (an enclosing one too)."""
-        if self.name == "no":
-            return torch.autocast(self.device_type, enabled=False)
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    def grad_scaler(self):
-        """A fresh ``GradScaler`` for fp16 (small gradients would underflow), ``None`` otherwise."""
-        return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
-
-
-def autocast_of(precision: Precision | None):
-    """``precision.autocast()``, or a no-op context when no precision is given (plain float32)."""
-    from contextlib import nullcontext
-
-    return precision.autocast() if precision is not None else nullcontext()
-
-
-class JSONLTracker:
-    """A dependency-free accelerate tracker: one JSON object per ``log`` call in ``<dir>/metrics.jsonl``."""
-
-    name = "jsonl"
-    requires_logging_directory = True
-    main_process_only = True
-
-    def __init__(self, run_name: str, logging_dir: str | os.PathLike):
-        self.path = Path(logging_dir) / f"{run_name}.metrics.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def tracker(self):
-        return self
-
-    def store_init_configuration(self, values: dict) -> None:
-        with open(self.path.with_suffix(".config.json"), "w") as f:
-            json.dump(values, f, indent=2, default=str)
-
-    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, "time": time.time(), **values}, default=float) + "\n")
-
-    def finish(self) -> None:
-        pass
-
-
-def make_accelerator(
-    output_dir: str | os.PathLike,
-    *,
-    cpu: bool = False,
-    report_to: str = "jsonl",
-    run_name: str = "train",
-    config: dict | None = None,
-):
-    """An ``Accelerator`` writing checkpoints under ``output_dir/checkpoints`` and logs to ``report_to``.
-
-    Always without mixed precision (see :class:`Precision`): each stage applies its own autocast.
-    """
-    from accelerate import Accelerator
-    from accelerate.tracking import GeneralTracker
-    from accelerate.utils import ProjectConfiguration
-
-    use_cpu = cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    log_with: Any = None
-    if report_to == "jsonl":
-        tracker_cls = type("JSONL", (JSONLTracker, GeneralTracker), {})
-        log_with = [tracker_cls(run_name, Path(output_dir) / "logs")]
-    elif report_to not in ("none", "", None):
-        log_with = report_to
-    accelerator = Accelerator(
-        cpu=use_cpu,
-        mixed_precision="no",
-        log_with=log_with,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")
-        ),
-    )
-    if log_with is not None:
-        accelerator.init_trackers(run_name, config=_flat_config(config or {}))
-    return accelerator
-
-
-def _flat_config(config: dict) -> dict:
-    """Trackers such as tensorboard only take scalars/strings as hyper-parameters."""
-    return {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)) for k, v in config.items()}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -284,8 +125,6 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, global_step: int
         finished = sorted(
             (p for p in folder.parent.iterdir() if (p / "DONE").exists()), key=lambda p: int(p.name.split("_")[1])
         )
-        import shutil
-
         for old in finished[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -399,52 +238,9 @@ def train(
     return progress
 
 
-def finish_trackers(accelerator) -> None:
-    """Close the trackers but keep the process group: ``end_training()`` destroys it, and a pipeline runs
-    several stages (each with its own trackers) in the same processes."""
-    for tracker in accelerator.trackers:
-        tracker.finish()
-
-
 def remove_checkpoints(accelerator, output_dir: str | os.PathLike) -> None:
     """Drop the resumption checkpoints once a stage's final output is written."""
-    import shutil
-
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(Path(output_dir) / CHECKPOINT_DIR, ignore_errors=True)
     accelerator.wait_for_everyone()
-
-
-@torch.no_grad()
-def evaluate_top1(
-    accelerator,
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    preprocess: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int = 512,
-    return_count: bool = False,
-    precision: Precision | None = None,
-) -> float | tuple[float, int]:
-    """Top-1 of ``model`` on in-memory ``images`` (uint8), split across processes, gathered exactly once each.
-
-    With ``return_count`` also returns how many examples were scored, so reports can show the accuracy is
-    over the whole split (``count == len(images)``) and not over a prefix or a padded shard.
-    """
-    model.eval()
-    n = len(images)
-    loader = accelerator.prepare_data_loader(
-        DataLoader(IndexDataset(n), batch_size=batch_size, shuffle=False), device_placement=False
-    )
-    correct = total = 0
-    for idx in loader:
-        x = preprocess(images[idx].to(accelerator.device))
-        with autocast_of(precision):
-            logits = model(x)
-        preds = logits.argmax(dim=1)
-        preds, refs = accelerator.gather_for_metrics((preds, labels[idx].to(accelerator.device)))
-        correct += int((preds == refs).sum())
-        total += len(refs)
-    accuracy = correct / max(1, total)
-    return (accuracy, total) if return_count else accuracy

@@ -1,0 +1,43 @@
+"""Reading a distilled set back: a folder in place, or a Hub repo fetched at ONE resolved revision.
+
+:func:`load_distilled` fetches a repo with ``snapshot_download`` so that the image table and the soft labels
+come from the same snapshot, whose folder name is the resolved commit hash: they can never come from two
+revisions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import DistilledSetError
+from ..formats.distilled_set import DATA_DIR, SOFT_LABELS_DIR
+
+
+def load_distilled(repo_id_or_folder: str | os.PathLike, revision: str | None = None):
+    """Load a distilled set: ``(train Dataset, soft_labels folder or None, resolved revision or None)``.
+
+    A local folder is read in place (revision None). A repo id is fetched once with ``snapshot_download``
+    (working offline from the Hub cache too) and everything is read from that one snapshot, whose folder name
+    is the resolved commit hash: the image table and the soft labels can never come from two revisions.
+    """
+    import datasets
+
+    path = Path(repo_id_or_folder)
+    resolved: str | None = None
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(str(repo_id_or_folder), repo_type="dataset", revision=revision))
+        except Exception as err:
+            raise DistilledSetError(
+                f"could not fetch distilled set {repo_id_or_folder!r} (revision {revision!r}): "
+                f"{type(err).__name__}: {err}. Pass a local folder or an existing Hub dataset repo id."
+            ) from err
+        resolved = path.name
+    if not list((path / DATA_DIR).glob("*.parquet")):
+        raise DistilledSetError(f"{path} has no {DATA_DIR}/*.parquet shards: not a distilled set")
+    dataset = datasets.load_dataset(str(path), split="train")
+    soft_labels = path / SOFT_LABELS_DIR
+    return dataset, (soft_labels if soft_labels.is_dir() else None), resolved

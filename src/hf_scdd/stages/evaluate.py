@@ -1,0 +1,184 @@
+"""``hf-scdd evaluate``: post-train a student from scratch on a distilled set and report real test top-1.
+
+Students are trained with SC-DD's post-training protocol in any of three label modes (``online`` teacher,
+``stored`` relabel files, ``hard`` labels; :mod:`hf_scdd.training.post_train`), next to the same protocol on a
+random real subset with the same images per class (IOR = distilled − random) and optionally on the full
+training set with hard labels (HLR = full − distilled). The output folder holds ``results.json``,
+``results.md``, ``curves.png`` and ``student/`` (the first seed's student, Hub-ready, with model-index
+results on its card); finished runs are reused on rerun.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..configs import ConfigError, PostTrainViewFields, StageConfig, check_or_write_config
+from ..data.loading import ImageData
+from ..formats.distilled_set import distilled_images
+from ..formats.soft_labels import SoftLabelStore
+from ..hub.cards import StudentCardData, render_student_card
+from ..hub.loading import load_distilled
+from ..hub.push import push_model_folder
+from ..models.loading import load_backbone
+from ..training.accelerator import Precision
+from ..training.post_train import LABEL_MODES, check_classes, run_groups, train_student
+from ..training.report import aggregate, markdown_report, plot_curves, protocol_metrics
+from ..training.stage import load_stage_data
+from ..utils import atomic_write_text, use_cpu
+
+@dataclass
+class EvaluateConfig(PostTrainViewFields, StageConfig):
+    """``hf-scdd evaluate``: a student trained on the distilled set, with same-protocol baselines."""
+
+    distilled: str | None = field(default=None, metadata={"help": "Distilled set: folder or Hub dataset id."})
+    revision: str | None = field(default=None, metadata={"help": "Revision of a Hub distilled set."})
+    teacher: str | None = field(default=None, metadata={"help": "Teacher for online labels: folder or Hub id."})
+    teacher_revision: str | None = field(default=None, metadata={"help": "Revision of a Hub teacher."})
+    soft_labels: str | None = field(default=None, metadata={"help": "Soft-label folder (default: the distilled set's)."})
+    label_modes: list[str] = field(
+        default_factory=lambda: ["online"], metadata={"help": "Any of 'online', 'stored', 'hard' (several allowed)."}
+    )
+    arch: str = field(default="resnet18", metadata={"help": "Student architecture (hf_scdd ResNet family)."})
+    width: int = field(default=64, metadata={"help": "Student first-stage width (64 = torchvision)."})
+    stem: str = field(default="cifar", metadata={"help": "Student stem: 'cifar' or 'imagenet'."})
+    epochs: int = field(default=300, metadata={"help": "Post-training epochs (SC-DD: 300 ImageNet, 200 CIFAR)."})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (SC-DD: 1e-3)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (SC-DD: 0.01)."})
+    decay_all_params: bool = field(
+        default=False,
+        metadata={"help": "Decay BN/bias too (SC-DD CIFAR); default decays only conv/linear weights (ImageNet)."},
+    )
+    temperature: float = field(default=20.0, metadata={"help": "KD temperature (SC-DD: 20 ImageNet, 30 CIFAR)."})
+    t2_factor: bool = field(default=False, metadata={"help": "Multiply the KD loss by T^2 (SC-DD: no)."})
+    teacher_train_mode: bool = field(
+        default=False, metadata={"help": "Teacher BN in train mode (SC-DD CIFAR quirk); default eval mode."}
+    )
+    eval_every: int = field(default=10, metadata={"help": "Evaluate on the full test split every N epochs and last."})
+    eval_batch_size: int = field(default=512, metadata={"help": "Test batch size per process."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "Student seeds (mean ± std)."})
+    random_baseline: bool = field(
+        default=True, metadata={"help": "Same protocol on a random real subset with the same images per class."}
+    )
+    full_data_baseline: bool = field(
+        default=False, metadata={"help": "Hard-label run on the full real training set (for HLR)."}
+    )
+    full_data_epochs: int | None = field(default=None, metadata={"help": "Epochs of the full-data run (default: --epochs)."})
+    save_student: bool = field(default=True, metadata={"help": "Save the first seed's student as a Hub-ready model."})
+
+
+def run_evaluation(
+    config: EvaluateConfig,
+    *,
+    data: ImageData | None = None,
+    distilled=None,
+    teacher: torch.nn.Module | None = None,
+    store=None,
+) -> dict[str, Any]:
+    """Train the students of every (set, label mode, seed) and write the report; returns the results dict.
+
+    ``data``/``distilled``/``teacher``/``store`` may be given directly (pipeline, benchmarks); otherwise they
+    are loaded from the config.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=use_cpu(config.cpu))  # as make_accelerator decides, or ranks see 1 process
+    modes = list(dict.fromkeys(config.label_modes))
+    for mode in modes:
+        if mode not in LABEL_MODES:
+            raise ConfigError(f"--label_modes: unknown mode {mode!r}; choose from {LABEL_MODES}")
+    precision = Precision.resolve(config.mixed_precision, state.device)
+    output = Path(config.output_dir)
+    if state.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        check_or_write_config(config, output, runtime={"precision": precision.name})
+    state.wait_for_everyone()
+    data = data if data is not None else load_stage_data(config)
+    labels_dir = None
+    if distilled is None:
+        if not config.distilled:
+            raise ConfigError("evaluate needs --distilled FOLDER_OR_REPO")
+        distilled, labels_dir, _ = load_distilled(config.distilled, config.revision)
+    check_classes(distilled, data)
+    images, labels = distilled_images(distilled, data.channels, data.image_size)
+    needs_teacher = "online" in modes or ("stored" in modes and config.random_baseline)
+    if teacher is None and needs_teacher and config.teacher:
+        teacher = load_backbone(config.teacher, revision=config.teacher_revision)
+    if "stored" in modes and store is None:
+        folder = config.soft_labels or labels_dir
+        if folder is None:
+            raise ConfigError("label mode 'stored' but the distilled set has no soft_labels/; run `hf-scdd relabel`")
+        store = SoftLabelStore(folder, num_images=len(images), num_classes=data.num_classes)
+
+    runs, student = _train_students(config, data, run_groups(config, data, images, labels, modes, teacher, store))
+    table = aggregate(runs)
+    metrics = protocol_metrics(table, modes)
+    report = {"config": config.to_dict(), "dataset": data.name, "test_size": len(data.tensors("test")[1]),
+              "num_processes": state.num_processes, "results": table, "metrics": metrics, "runs": runs}
+    if store is not None:
+        report["label_bytes"] = store.nbytes() if hasattr(store, "nbytes") else None
+    if state.is_main_process:
+        atomic_write_text(output / "results.json", json.dumps(report, indent=2, default=str) + "\n")
+        atomic_write_text(output / "results.md", markdown_report(table, metrics, f"Evaluation of {config.distilled}"))
+        plot_curves(runs, output / "curves.png")
+        if student is not None:
+            save_student(student, config, data, report, output / "student", modes[0])
+    state.wait_for_everyone()
+    return report
+
+
+def _train_students(config: EvaluateConfig, data: ImageData, groups: dict) -> tuple[dict[str, list[dict]], Any]:
+    """Every (group, seed) run, reusing finished ones; returns the results and the first distilled student
+    trained in this call (to save), if any."""
+    runs: dict[str, list[dict]] = {}
+    student = None
+    for key, spec in groups.items():
+        name = key.replace("/", "-")
+        for seed in config.seeds:
+            run_dir = Path(config.output_dir) / "runs" / name / f"seed{seed}"
+            done = run_dir / "result.json"
+            if done.exists():
+                result = json.loads(done.read_text())
+            else:
+                result, model = train_student(config, data=data, seed=seed, run_dir=run_dir, name=name, **spec(seed))
+                if student is None and key.startswith("distilled/") and config.save_student:
+                    student = model
+            runs.setdefault(key, []).append(result)
+    return runs, student
+
+
+def save_student(model, config: EvaluateConfig, data: ImageData, report: dict, folder: Path, mode: str) -> None:
+    """Save the student (safetensors + config) with its card; push it when ``--push_to_hub`` is set."""
+    row = report["results"][f"distilled/{mode}"]
+    model.update_training_info(
+        method="sc-dd-post-training", dataset=data.name, distilled=config.distilled, teacher=config.teacher,
+        label_mode=mode, epochs=config.epochs, temperature=config.temperature, batch_size=config.batch_size,
+        final_top1_mean=row["final_top1_mean"], final_top1_std=row["final_top1_std"],
+    )
+    model.save_pretrained(folder)
+    card_data = StudentCardData(
+        arch=config.arch, stem=config.stem, width=config.width, num_classes=data.num_classes, dataset=data.name,
+        distilled=config.distilled, teacher=config.teacher, label_mode=mode, epochs=config.epochs,
+        temperature=config.temperature, batch_size=config.batch_size, mix=config.mix, seeds=list(config.seeds),
+        final_top1_mean=row["final_top1_mean"], final_top1_std=row["final_top1_std"],
+        best_top1_mean=row["best_top1_mean"], best_top1_std=row["best_top1_std"],
+        test_size=report["test_size"], metrics=report["metrics"],
+        results_markdown=markdown_report(report["results"], report["metrics"], "Results").split("\n", 2)[2],
+    )
+    render_student_card(card_data).save(str(folder / "README.md"))
+    if config.push_to_hub:
+        push_model_folder(folder, config.push_to_hub, commit_message="hf-scdd evaluate student")
+
+
+def main(config: EvaluateConfig) -> dict[str, Any]:
+    """``hf-scdd evaluate --distilled FOLDER_OR_REPO [--teacher ...] [--label_modes online stored hard]``."""
+    from accelerate import PartialState
+
+    report = run_evaluation(config)
+    if PartialState().is_main_process:
+        print(markdown_report(report["results"], report["metrics"], f"Evaluation of {config.distilled}"))
+    return report

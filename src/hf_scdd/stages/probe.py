@@ -1,0 +1,120 @@
+"""``hf-scdd probe``: a linear classifier on a frozen, eval-mode backbone: SC-DD's recovery model.
+
+The backbone's weights and BN running statistics stay exactly those of pre-training (checked bit for bit
+after probing); only a linear ``fc`` is fitted, on features of the un-augmented training images, standardised
+and folded back (:mod:`hf_scdd.training.linear_probe`). The output, ``output_dir/model``, is a Hub-ready
+:class:`~hf_scdd.models.ResNet` whose card reports the probe's top-1 on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..configs import ConfigError, StageConfig
+from ..data.tensors import normalize
+from ..errors import SqueezeError
+from ..hub.push import push_model_folder
+from ..models.loading import MODEL_DIR, load_backbone, resolve_model_folder
+from ..models.resnet import ResNet, plain_resnet, save_model_atomically
+from ..training.accelerator import finish_trackers
+from ..training.evaluation import evaluate_top1, extract_features
+from ..training.linear_probe import fit_linear_probe
+from ..training.loop import remove_checkpoints
+from ..training.pretrain import training_subset
+from ..training.stage import load_stage_data, start_stage
+from ..utils import atomic_write_text
+
+
+@dataclass
+class ProbeConfig(StageConfig):
+    """``hf-scdd probe``: a linear classifier on a frozen, eval-mode backbone (BN statistics untouched)."""
+
+    output_dir: str = field(default="outputs/probe", metadata={"help": "Folder the stage writes to."})
+    backbone: str | None = field(
+        default=None, metadata={"help": "Backbone folder (or a squeeze output_dir) or Hub repo id."}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of --backbone."})
+    epochs: int = field(default=20, metadata={"help": "Probe epochs over the cached features."})
+    batch_size: int = field(default=256, metadata={"help": "Probe batch size (global)."})
+    lr: float = field(default=0.5, metadata={"help": "Peak SGD learning rate (standardised features)."})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (MoCo's probe uses 0)."})
+    standardize: bool = field(
+        default=True,
+        metadata={"help": "Train on per-feature standardised features; folded into fc afterwards."},
+    )
+    max_train_samples: int = field(
+        default=10000, metadata={"help": "Seeded subset of training images for the probe (0 = all)."}
+    )
+    feature_batch_size: int = field(default=1024, metadata={"help": "Batch size of feature extraction."})
+
+
+def main(config: ProbeConfig) -> Path:
+    """Fit a linear probe on a frozen eval-mode backbone; returns ``output_dir/model`` (backbone + probe)."""
+    from accelerate.utils import set_seed
+
+    if not config.backbone:
+        raise ConfigError("--backbone is required (a backbone folder, a squeeze output_dir or a Hub repo id)")
+    out = Path(config.output_dir)
+    final = out / MODEL_DIR
+    start = start_stage(config, "probe", final)
+    accelerator, precision = start.accelerator, start.precision
+    if start.finished:
+        return final
+
+    backbone = load_backbone(resolve_model_folder(config.backbone), revision=config.revision)
+    backbone = backbone.to(accelerator.device)
+    if not isinstance(backbone, ResNet):
+        raise SqueezeError(
+            f"probe needs an hf_scdd ResNet backbone; {config.backbone!r} is a {type(backbone).__name__}"
+        )
+    data = load_stage_data(config)
+    if backbone.in_channels != data.channels:
+        raise SqueezeError(
+            f"backbone expects {backbone.in_channels}-channel images, dataset {data.name!r} has {data.channels}"
+        )
+    backbone.requires_grad_(False)
+    frozen = {k: v.clone() for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
+
+    def preprocess(x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, backbone.mean, backbone.std)
+
+    set_seed(config.seed)
+    images, labels = data.tensors("train")
+    subset = training_subset(len(images), config.max_train_samples, config.seed)
+    feats = extract_features(
+        accelerator, backbone, images[subset], preprocess, config.feature_batch_size, precision=precision
+    )
+    weight, bias = fit_linear_probe(
+        accelerator, feats, labels[subset].to(accelerator.device), data.num_classes, epochs=config.epochs,
+        batch_size=config.batch_size, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+        standardize=config.standardize, seed=config.seed, output_dir=out, precision=precision,
+    )
+    backbone.reset_classifier(data.num_classes, data.class_names)
+    backbone.fc.weight.data.copy_(weight)
+    backbone.fc.bias.data.copy_(bias)
+    backbone.to(accelerator.device).eval()
+    if not all(torch.equal(v, backbone.state_dict()[k]) for k, v in frozen.items()):
+        # a guard, not an expected path: the probe must never alter the pre-trained model
+        raise SqueezeError("the backbone changed during probing; this is a bug in hf_scdd")
+    test_images, test_labels = data.tensors("test")
+    top1 = evaluate_top1(accelerator, backbone, test_images, test_labels, preprocess, precision=precision)
+    if accelerator.is_main_process:
+        info = {"probe_top1": round(top1, 6), "probe_epochs": config.epochs}
+        backbone.update_training_info(
+            **info, probe_dataset=data.name, probe_config=config.result_fields(),
+            base_model=config.backbone if not Path(config.backbone).exists() else None,
+        )
+        backbone.update_training_info(dataset=backbone.training_info.get("dataset") or data.name)
+        save_model_atomically(plain_resnet(backbone), final)
+        atomic_write_text(out / "probe_results.json", json.dumps({**info, "backbone": config.backbone}, indent=2) + "\n")
+        if config.push_to_hub:
+            push_model_folder(final, config.push_to_hub, commit_message="hf-scdd probe recovery model")
+        accelerator.print(f"[probe] linear-probe top-1 {100 * top1:.2f} % on {data.name} test; saved {final}")
+    remove_checkpoints(accelerator, out)
+    finish_trackers(accelerator)
+    return final

@@ -1,0 +1,141 @@
+"""``hf-scdd squeeze``: pre-train the recovery backbone, MoCo v2 (SC-DD) or supervised (the SRe²L control).
+
+MoCo v2 as in the official CIFAR demo that SC-DD's CIFAR recipe matches: query encoder = backbone + 2-layer
+MLP head, momentum key encoder, a queue of negative keys, InfoNCE at temperature ``T``, SGD with cosine decay,
+split-BN within a process and shuffle-BN across processes (:mod:`hf_scdd.models.moco`). ``--method
+supervised`` trains the same backbone with cross-entropy. What each method builds is in
+:mod:`hf_scdd.training.pretrain`; the loop (checkpoint/resume, trackers, progress) is
+:func:`hf_scdd.training.loop.train`. With the default ``bn_splits=8`` the BN group size is
+``batch_size / 8`` whatever the number of processes. The output is a plain, Hub-ready
+:class:`~hf_scdd.models.ResNet` in ``output_dir/backbone``; rerun the same command to resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..configs import ConfigError, StageConfig
+from ..hub.push import push_model_folder
+from ..models.loading import BACKBONE_DIR
+from ..models.resnet import plain_resnet, save_model_atomically
+from ..training.accelerator import finish_trackers
+from ..training.loop import cosine_schedule, index_loader, remove_checkpoints, train
+from ..training.pretrain import plan_mocov2, plan_supervised, training_subset
+from ..training.stage import load_stage_data, start_stage
+
+METHODS = ("mocov2", "supervised")
+
+
+@dataclass
+class SqueezeConfig(StageConfig):
+    """``hf-scdd squeeze``: MoCo v2 (default) or supervised pre-training of a BN ResNet.
+
+    Defaults: the MoCo CIFAR recipe (K=4096, m=0.99, T=0.1, MLP head, 128-d, 8 BN splits, SGD lr 0.06
+    momentum 0.9, wd 5e-4, cosine, no warm-up) at batch 256, scaled down for 2 CPU cores: ResNet-10 of width
+    16 (CIFAR stem) for 2 epochs over a seeded 15k-image subset of the training split (116 steps). For a
+    full-size run use e.g. ``--arch resnet18 --width 64 --epochs 200 --max_train_samples 0 --batch_size 512``.
+    """
+
+    output_dir: str = field(default="outputs/squeeze", metadata={"help": "Folder the stage writes to."})
+    method: str = field(default="mocov2", metadata={"help": "'mocov2' (self-supervised) or 'supervised'."})
+    arch: str = field(default="resnet10", metadata={"help": "Backbone architecture (resnet10/18/34/50/101)."})
+    width: int = field(default=16, metadata={"help": "First-stage width (64 = torchvision)."})
+    stem: str = field(default="cifar", metadata={"help": "'cifar' (3x3, no max-pool) or 'imagenet'."})
+    epochs: int = field(default=2, metadata={"help": "Pre-training epochs over the (sub)set."})
+    batch_size: int = field(default=256, metadata={"help": "GLOBAL batch size (split over processes)."})
+    lr: float | None = field(
+        default=None, metadata={"help": "Peak learning rate; default 0.06 (mocov2) or 0.1 (supervised)."}
+    )
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    weight_decay: float = field(default=5e-4, metadata={"help": "SGD weight decay."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps before the cosine decay."})
+    moco_dim: int = field(default=128, metadata={"help": "MoCo projection dimension."})
+    moco_k: int = field(default=4096, metadata={"help": "Queue size K (a multiple of batch_size)."})
+    moco_m: float = field(default=0.99, metadata={"help": "Key-encoder momentum m."})
+    moco_t: float = field(default=0.1, metadata={"help": "InfoNCE temperature T."})
+    bn_splits: int = field(
+        default=8, metadata={"help": "BN groups per global batch (SplitBatchNorm / shuffle-BN); 1 disables."}
+    )
+    crop_min_scale: float = field(default=0.2, metadata={"help": "Lower bound of RandomResizedCrop's scale."})
+    max_train_samples: int = field(
+        default=15000, metadata={"help": "Train on a seeded random subset of this many images (0 = all)."}
+    )
+    checkpoint_steps: int = field(
+        default=0, metadata={"help": "Also checkpoint every N steps (every epoch is always checkpointed)."}
+    )
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.06 if self.method == "mocov2" else 0.1
+
+
+def validate(config: SqueezeConfig) -> None:
+    """Refuse values that cannot work, before anything is written."""
+    if config.method not in METHODS:
+        raise ConfigError(f"unknown --method {config.method!r}; choose one of {METHODS}")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise ConfigError("epochs and batch_size must be >= 1")
+
+
+def main(config: SqueezeConfig) -> Path:
+    """Pre-train a backbone; returns ``output_dir/backbone`` (Hub-ready). Rerun the same command to resume."""
+    from accelerate.utils import set_seed
+
+    validate(config)
+    out = Path(config.output_dir)
+    final = out / BACKBONE_DIR
+    start = start_stage(config, f"squeeze_{config.method}", final)
+    accelerator, precision = start.accelerator, start.precision
+    if start.finished:
+        return final
+    if config.batch_size % accelerator.num_processes:
+        raise ConfigError(
+            f"batch_size {config.batch_size} is not divisible by {accelerator.num_processes} processes"
+        )
+
+    data = load_stage_data(config)
+    all_images, all_labels = data.tensors("train")
+    subset = training_subset(len(all_images), config.max_train_samples, config.seed)
+    images, labels = all_images[subset].to(accelerator.device), all_labels[subset].to(accelerator.device)
+    local_batch = config.batch_size // accelerator.num_processes
+    if len(images) < config.batch_size:
+        raise ConfigError(f"{len(images)} training images are fewer than one batch of {config.batch_size}")
+
+    set_seed(config.seed)  # identical initialisation (and MoCo queue) on every process
+    if config.method == "mocov2":
+        plan = plan_mocov2(config, data, images, accelerator)
+    else:
+        plan = plan_supervised(config, data, images, labels, accelerator)
+    optimizer = torch.optim.SGD(
+        plan.model.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    loader = index_loader(len(images), local_batch, seed=config.seed)
+    model, optimizer, loader = accelerator.prepare(plan.model, optimizer, loader)
+    # Unprepared on purpose: one scheduler step per optimiser step whatever the process count.
+    scheduler = cosine_schedule(optimizer, config.epochs * len(loader), config.warmup_steps)
+    set_seed(config.seed, device_specific=True)  # different views on each process
+    progress = train(
+        accelerator, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
+        step_fn=plan.make_step_fn(accelerator, model, precision), epochs=config.epochs, output_dir=out,
+        extra_state=plan.extra_state, checkpoint_steps=config.checkpoint_steps,
+        desc=f"squeeze[{config.method}]", precision=precision,
+    )
+    if accelerator.is_main_process:
+        backbone = plain_resnet(plan.backbone_of(accelerator.unwrap_model(model)))
+        backbone.update_training_info(
+            method=config.method, dataset=data.name, epochs=config.epochs, train_samples=len(images),
+            final_loss=round(progress.history[-1]["loss"], 6) if progress.history else None,
+            stage="squeeze", config=config.result_fields(),
+        )
+        save_model_atomically(backbone, final)
+        if config.push_to_hub:
+            push_model_folder(final, config.push_to_hub, commit_message="hf-scdd squeeze backbone")
+        accelerator.print(f"[squeeze] saved {final}")
+    remove_checkpoints(accelerator, out)
+    finish_trackers(accelerator)
+    return final

@@ -1,0 +1,312 @@
+"""Post-training a student from scratch on a (distilled or baseline) set: targets, optimiser, one run.
+
+The protocol follows SC-DD's post-training: KL(batchmean) between the student's and the teacher's
+temperature-softened distributions on the *same* augmented, mixed batch, AdamW (lr 1e-3, wd 0.01) with a
+cosine schedule, batch 64. Three label modes (:class:`TargetSource`):
+
+* ``online``: the teacher runs on every mixed batch (SC-DD as released);
+* ``stored``: the ``hf-scdd relabel`` files, replayed view for view (FKD; no teacher at training time);
+* ``hard``: cross-entropy on the (mixed) class ids, no teacher (for HLR).
+
+Every mode trains on views drawn from an :class:`~hf_scdd.augment.views.EpochPlan` (a function of
+``(seed, epoch)``), so the modes differ only in where the targets come from. :func:`run_groups` lays out the
+runs of one evaluation: the distilled set in every mode, the same protocol on a random real subset with the
+same images per class, and optionally the full training set with hard labels. Accuracy is always over the
+full test split (``count == len(test)`` is recorded); the last epoch's value is the headline, the best over
+evaluated epochs a secondary number (never the reference's running-prefix maximum).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..augment.views import EpochPlan, ViewSpec, make_epoch_plan, render_batch
+from ..data.loading import ImageData
+from ..data.tensors import normalize, per_class_subset
+from ..errors import ConfigError
+from ..formats.soft_labels import InMemoryLabels, is_compact
+from ..losses.distillation import kd_loss, mixed_hard_loss
+from ..models.loading import teacher_fn
+from ..models.resnet import ResNet
+from ..utils import atomic_write_text
+from .accelerator import Precision, finish_trackers, make_accelerator
+from .evaluation import evaluate_top1
+from .loop import IndexDataset, cosine_schedule, remove_checkpoints, train
+
+logger = logging.getLogger(__name__)
+
+LABEL_MODES = ("online", "stored", "hard")
+
+
+class StudentSettings(Protocol):
+    """The evaluate config fields a student run reads (``EvaluateConfig`` has them all)."""
+
+    arch: str
+    width: int
+    stem: str
+    epochs: int
+    lr: float
+    weight_decay: float
+    decay_all_params: bool
+    batch_size: int
+    temperature: float
+    t2_factor: bool
+    teacher_train_mode: bool
+    eval_every: int
+    eval_batch_size: int
+    random_baseline: bool
+    full_data_baseline: bool
+    full_data_epochs: int | None
+    cpu: bool
+    mixed_precision: str
+    report_to: str
+
+    def view_spec(self) -> ViewSpec: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class TargetSource:
+    """Supplies each epoch's plan and each batch's loss for one label mode."""
+
+    def __init__(
+        self,
+        mode: str,
+        *,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        view_spec,
+        seed: int,
+        temperature: float,
+        t2: bool = False,
+        teacher=None,
+        store=None,
+    ):
+        if mode not in LABEL_MODES:
+            raise ConfigError(f"label mode must be one of {LABEL_MODES}, got {mode!r}")
+        if mode == "online" and teacher is None:
+            raise ConfigError("label mode 'online' needs a teacher: pass --teacher FOLDER_OR_REPO")
+        if mode == "stored" and store is None:
+            raise ConfigError("label mode 'stored' needs soft labels: run `hf-scdd relabel` or pass --soft_labels")
+        self.mode, self.images, self.labels = mode, images, labels
+        self.batch_size, self.view_spec, self.seed = batch_size, view_spec, seed
+        self.temperature, self.t2, self.teacher, self.store = temperature, t2, teacher, store
+        self.compact = store.compact_logits() if mode == "stored" and is_compact(store) else None
+        self.plan: EpochPlan | None = None
+        self.stored_logits: Any = None
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.mode == "stored" and self.compact is None:
+            record = self.store.epoch(epoch)
+            self.plan, self.stored_logits = record.plan, record
+        else:
+            self.plan = make_epoch_plan(
+                len(self.images), self.batch_size, self.view_spec, self.seed, epoch, self.images.shape[-1]
+            )
+
+    def loss(self, model, b: int, preprocess, device) -> torch.Tensor:
+        plan = self.plan
+        pixels = render_batch(self.images, plan, b, device)
+        logits = model(preprocess(pixels)).float()
+        slots = plan.batch_slots(b)
+        own, partner = plan.order[slots].long(), plan.order[plan.mix_index[slots].long()].long()
+        lam = float(plan.mix_lambda[b])
+        T = self.temperature
+        if self.mode == "hard":
+            return mixed_hard_loss(logits, self.labels[own].to(device), self.labels[partner].to(device), lam)
+        if self.mode == "online":
+            probs = F.softmax(self.teacher(pixels) / T, dim=1)
+        elif self.compact is not None:
+            probs = lam * F.softmax(self.compact[own] / T, 1) + (1 - lam) * F.softmax(self.compact[partner] / T, 1)
+        else:
+            probs = F.softmax(self.stored_logits.batch_logits(b) / T, dim=1)
+        return kd_loss(logits, probs.to(device), T, self.t2)
+
+
+def build_student(config: StudentSettings, data: ImageData) -> ResNet:
+    """A fresh student of the configured architecture for ``data``'s channels, size, statistics and classes."""
+    return ResNet(
+        arch=config.arch, num_classes=data.num_classes, stem=config.stem, in_channels=data.channels,
+        width=config.width, image_size=data.image_size, mean=list(data.mean), std=list(data.std),
+        class_names=data.class_names,
+    )
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
+    """SC-DD ImageNet: decay only multi-dimensional weights (conv/linear); BN and biases get none."""
+    if decay_all:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "weight" in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "weight" in n)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+def train_student(
+    config: StudentSettings,
+    *,
+    data: ImageData,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mode: str,
+    seed: int,
+    run_dir: str | os.PathLike,
+    teacher: torch.nn.Module | None = None,
+    store=None,
+    epochs: int | None = None,
+    name: str = "student",
+) -> tuple[dict[str, Any], torch.nn.Module]:
+    """Train one student on ``images`` (uint8) with one label mode and seed; returns (result, student).
+
+    Resumable: checkpoints under ``run_dir/checkpoints`` (removed when the run finishes).
+    """
+    from accelerate.utils import set_seed
+
+    epochs = int(epochs or config.epochs)
+    accelerator = make_accelerator(
+        run_dir, cpu=config.cpu, report_to=config.report_to, run_name=name,
+        config={**config.to_dict(), "label_mode": mode, "run_seed": seed, "run_epochs": epochs},
+    )
+    precision = Precision.resolve(config.mixed_precision, accelerator.device)
+    device = accelerator.device
+    set_seed(seed)
+    student = build_student(config, data)
+    batch_size = config.batch_size
+    if mode == "stored" and not is_compact(store) and store.format.batch_size != batch_size:
+        raise ConfigError(
+            f"the soft labels were made with batch size {store.format.batch_size} but --batch_size is {batch_size}; "
+            "stored per-batch labels only fit the same batches: use the same --batch_size (or relabel)"
+        )
+    teacher_call = None
+    if mode == "online":
+        teacher = teacher.to(device)
+        teacher_call = teacher_fn(teacher, data.mean, data.std, train_mode=config.teacher_train_mode)
+    source = TargetSource(
+        mode, images=images.to(device), labels=labels, batch_size=batch_size, view_spec=config.view_spec(),
+        seed=seed, temperature=config.temperature, t2=config.t2_factor, teacher=teacher_call, store=store,
+    )
+    num_batches = math.ceil(len(images) / batch_size)
+    optimizer = torch.optim.AdamW(param_groups(student, config.weight_decay, config.decay_all_params), lr=config.lr)
+    scheduler = cosine_schedule(optimizer, total_steps=epochs * num_batches)
+    loader = DataLoader(IndexDataset(num_batches), batch_size=1, shuffle=False)
+    student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
+    test_images, test_labels = data.tensors("test")
+
+    def preprocess(pixels: torch.Tensor) -> torch.Tensor:
+        return normalize(pixels, data.mean, data.std)
+
+    def step_fn(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        with precision.autocast():
+            return {"loss": source.loss(student, int(batch[0]), preprocess, device)}
+
+    def on_epoch_end(epoch: int) -> dict[str, float]:
+        if (epoch + 1) % max(1, config.eval_every) and epoch + 1 != epochs:
+            return {}
+        top1, count = evaluate_top1(
+            accelerator, student, test_images, test_labels, preprocess,
+            batch_size=config.eval_batch_size, return_count=True, precision=precision,
+        )
+        return {"top1": top1, "test_count": count}
+
+    progress = train(
+        accelerator, model=student, optimizer=optimizer, scheduler=scheduler, loader=loader, step_fn=step_fn,
+        epochs=epochs, output_dir=run_dir, on_epoch_start=source.start_epoch, on_epoch_end=on_epoch_end, desc=name,
+        precision=precision,
+    )
+    result = summarize_history(progress.history)
+    result.update(mode=mode, seed=seed, epochs=epochs, num_images=len(images), test_size=len(test_labels),
+                  steps=progress.global_step, precision=precision.name)
+    remove_checkpoints(accelerator, run_dir)
+    model = accelerator.unwrap_model(student)
+    if accelerator.is_main_process:
+        atomic_write_text(Path(run_dir) / "result.json", json.dumps(result, indent=2) + "\n")
+    finish_trackers(accelerator)
+    accelerator.free_memory()
+    return result, model
+
+
+def summarize_history(history: list[dict]) -> dict[str, Any]:
+    """Final-epoch and best-over-evaluated-epochs top-1, each over the full test set."""
+    evaluated = [r for r in history if "top1" in r]
+    if not evaluated:
+        raise RuntimeError("no evaluated epoch in the history (the last epoch is always evaluated)")
+    best = max(evaluated, key=lambda r: r["top1"])
+    return {
+        "final_top1": evaluated[-1]["top1"],
+        "final_epoch": evaluated[-1]["epoch"],
+        "best_top1": best["top1"],
+        "best_epoch": best["epoch"],
+        "test_count": evaluated[-1]["test_count"],
+        "curve": [[r["epoch"], r["top1"]] for r in evaluated],
+        "loss": [[r["epoch"], r["loss"]] for r in history],
+    }
+
+
+def images_per_class(labels: torch.Tensor, num_classes: int) -> int:
+    counts = torch.bincount(labels, minlength=num_classes)
+    if int(counts.min()) != int(counts.max()):
+        logger.warning("distilled set has unequal images per class (%s); random baseline uses the rounded mean",
+                       counts.tolist())
+    return max(1, round(len(labels) / num_classes))
+
+
+def check_classes(distilled, data: ImageData) -> None:
+    """Refuse a distilled set whose class names are not the test dataset's."""
+    names = list(distilled.features["label"].names) if hasattr(distilled.features["label"], "names") else None
+    if names is not None and names != data.class_names:
+        raise ConfigError(
+            f"the distilled set's classes {names[:5]}... differ from the test dataset's {data.class_names[:5]}...: "
+            "pass the --dataset the set was distilled from"
+        )
+
+
+def run_groups(
+    config: StudentSettings,
+    data: ImageData,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    modes: list[str],
+    teacher: torch.nn.Module | None,
+    store: Any,
+) -> dict[str, Callable[[int], dict[str, Any]]]:
+    """``set/mode`` → a function of the seed giving :func:`train_student`'s data arguments."""
+    groups: dict[str, Any] = {}
+    for mode in modes:
+        groups[f"distilled/{mode}"] = lambda seed, m=mode: dict(
+            images=images, labels=labels, mode=m, teacher=teacher, store=store
+        )
+    if config.random_baseline:
+        train_images, train_labels = data.tensors("train")
+        ipc = images_per_class(labels, data.num_classes)
+        for mode in modes:
+            if mode == "stored" and teacher is None:
+                logger.warning("no --teacher: skipping the random-subset baseline for stored labels")
+                continue
+
+            def random_spec(seed, m=mode):
+                idx = per_class_subset(train_labels, ipc, seed=seed, num_classes=data.num_classes)
+                sub_images, sub_labels = train_images[idx], train_labels[idx]
+                sub_store = None
+                if m == "stored":  # the same label format, made in memory for this subset
+                    fmt = replace(store.format, num_images=len(idx))
+                    device = next(teacher.parameters()).device
+                    sub_store = InMemoryLabels(sub_images, teacher_fn(teacher, data.mean, data.std), fmt, device)
+                return dict(images=sub_images, labels=sub_labels, mode=m, teacher=teacher, store=sub_store)
+
+            groups[f"random/{mode}"] = random_spec
+    if config.full_data_baseline:
+        train_images, train_labels = data.tensors("train")
+        groups["full/hard"] = lambda seed: dict(
+            images=train_images, labels=train_labels, mode="hard", epochs=config.full_data_epochs or config.epochs
+        )
+    return groups

@@ -1,0 +1,150 @@
+"""Small decisions every stage needs made the same way, each made exactly once here.
+
+* **Atomic writes.** Stages are resumable by listing what exists, and several processes share one output
+  folder, so nothing may ever be seen half-written: every file and folder is written to a hidden temporary
+  sibling (``.<name>.tmp<pid>``, ignored by uploads and by the readers' globs) and renamed into place.
+* **The CPU decision.** ``--cpu`` or ``ACCELERATE_USE_CPU``: a ``PartialState`` and an ``Accelerator`` created
+  with different answers disagree about the process group (under ``accelerate launch`` on CPUs every rank
+  would believe it is alone).
+* **Hub revisions.** The commit a Hub id resolves to, for provenance.
+* **Total memory**, which sizes recovery groups identically on every rerun on one machine.
+* **Quiet libraries**: the stage's own progress and results only.
+
+Nothing here imports torch at module level, so ``hf-scdd --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+PathLike = str | os.PathLike
+
+
+# --------------------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------------------
+
+
+def temp_sibling(path: PathLike) -> Path:
+    """The hidden temporary name next to ``path`` that this process writes before renaming."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+@contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary file name to write ``path``'s content to; it replaces ``path`` when the block
+    succeeds and is removed when it fails, so readers see the old or the new file, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(path)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_folder(folder: PathLike, *, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder to fill; it then replaces ``folder`` as a whole.
+
+    ``keep_existing=True`` keeps a ``folder`` that appeared meanwhile (another process won the race to
+    write the same content) and drops this one's copy.
+    """
+    folder = Path(folder)
+    tmp = temp_sibling(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep_existing:
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # a non-empty folder is there already: keep it
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write a binary file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_save_safetensors(
+    path: PathLike, tensors: Mapping[str, "torch.Tensor"], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write a safetensors file atomically, readable by others (safetensors itself creates 0600 files)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {}) or None)
+        os.chmod(tmp, 0o644)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hardware and Hub
+# --------------------------------------------------------------------------------------------------------
+
+
+def use_cpu(flag: bool = False) -> bool:
+    """Whether a stage runs on the CPU: its ``--cpu`` flag, or ``ACCELERATE_USE_CPU`` (set by
+    ``accelerate launch --cpu`` and by the multi-process CPU recipe)."""
+    return bool(flag) or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+
+
+def total_memory() -> int:
+    """Total memory of this machine in bytes (``MemTotal``; 4 GiB where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30
+
+
+def resolve_hub_revision(name_or_path: str, revision: str | None = None, repo_type: str = "model") -> str | None:
+    """The commit hash a Hub id (at ``revision``) resolves to; None for a local folder, and ``revision``
+    itself when the Hub cannot be asked (offline): the loader then reports any real problem."""
+    if os.path.isdir(name_or_path):
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().repo_info(name_or_path, revision=revision, repo_type=repo_type).sha
+    except Exception:  # noqa: BLE001 - provenance only; loading the repo raises the meaningful error
+        return revision
+
+
+def quiet_libraries() -> None:
+    """Keep a run's output to the stage's own progress and results: no ``datasets`` / Hub progress bars,
+    library logging at WARNING (their own switches; called once by the command-line start-up)."""
+    import datasets
+    import huggingface_hub.utils
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_warning()
+    huggingface_hub.utils.disable_progress_bars()
