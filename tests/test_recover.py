@@ -85,6 +85,7 @@ def test_output_folder_loads_with_load_dataset(reference_run):
     assert (reference_run / "grid.png").exists() and (reference_run / "config.json").exists()
     card = (reference_run / "README.md").read_text()
     assert "configs:" in card and "dataset_info:" in card and "backbone_revision" in card
+    assert "license: other" in card  # the source folder has no card stating its licence
     table, soft_labels, revision = load_distilled(reference_run)
     assert table.num_rows == 8 and soft_labels is None and revision is None
     metrics = (reference_run / "logs" / "recover.metrics.jsonl").read_text().splitlines()

@@ -33,9 +33,6 @@ EVAL_PROTOCOLS: dict[str, dict[str, Any]] = {
     "none": {},
 }
 
-STAGE_NAMES = ("squeeze", "teacher", "probe", "recover", "relabel", "evaluate")
-
-
 @dataclass
 class PipelineConfig(StageConfig):
     """The whole SC-DD run; defaults distil the built-in Fashion-MNIST in about 10 minutes on 2 CPU cores."""

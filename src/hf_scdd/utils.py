@@ -86,12 +86,6 @@ def atomic_write_text(path: PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write a binary file atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_save_safetensors(
     path: PathLike, tensors: Mapping[str, "torch.Tensor"], metadata: Mapping[str, str] | None = None
 ) -> None:

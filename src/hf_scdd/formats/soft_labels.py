@@ -101,11 +101,6 @@ class LabelFormat:
         view["ratio"] = tuple(view.get("ratio", (3 / 4, 4 / 3)))
         return ViewSpec(**view)
 
-    def protocol_key(self) -> dict[str, Any]:
-        """The fields that must agree across all files of one store."""
-        d = asdict(self)
-        return d
-
 
 def encode_logits(logits: torch.Tensor, topk: int = 0, label_dtype: str = "fp16") -> dict[str, torch.Tensor]:
     """fp32 logits [n, C] → the stored tensors (``logits`` and, as needed, ``indices``/``tail``/``scale``)."""

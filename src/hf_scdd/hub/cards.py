@@ -239,7 +239,6 @@ class DistilledSetCardData:
     final_bn: float | None = None
     license: str = "other"
     citation: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def render_dataset_card(data: DistilledSetCardData, num_bytes: int):
@@ -284,6 +283,7 @@ def render_dataset_card(data: DistilledSetCardData, num_bytes: int):
         card=asdict(data),
         config_json=json.dumps(data.recover_config, indent=2, sort_keys=True, default=str),
         backbone_hub_id=hub_id(data.backbone),
+        source_hub_id=source_hub_id(data.source_dataset),
     )
 
 

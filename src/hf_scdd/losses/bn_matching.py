@@ -32,7 +32,6 @@ The module also summarises running statistics per layer (:func:`bn_layer_stats`,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -174,13 +173,6 @@ class BNStatsRecorder:
         """Drop the stored statistics (frees the autograd graph they hold)."""
         self.means = [None] * len(self.layers)
         self.variances = [None] * len(self.layers)
-
-
-def iter_bn_running_stats(model: nn.Module) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
-    """``(name, running_mean, running_var)`` of every BatchNorm2d, in ``model.modules()`` order."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.BatchNorm2d):
-            yield name, module.running_mean, module.running_var
 
 
 def bn_layer_stats(model: nn.Module) -> list[dict]:

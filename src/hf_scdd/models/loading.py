@@ -41,8 +41,10 @@ def load_backbone(name_or_path: str, *, revision: str | None = None, map_locatio
     """Load a recovery model / teacher from a Hub repo id or a local folder.
 
     Accepts an hf_scdd model (``config.json`` with ``arch``) or a transformers BN image classifier (wrapped
-    by :class:`hf_scdd.models.adapters.TransformersClassifier`). Returned in eval mode.
+    by :class:`hf_scdd.models.adapters.TransformersClassifier`), or a squeeze/probe output folder (its model
+    folder is used). Returned in eval mode.
     """
+    name_or_path = resolve_model_folder(name_or_path)
     config = _read_config(name_or_path, revision)
     if "arch" in config:
         from .resnet import ResNet

@@ -184,10 +184,6 @@ class ResNet(
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.forward_features(x))
 
-    @property
-    def classifier(self) -> nn.Module:
-        return self.fc
-
     def reset_classifier(self, num_classes: int, class_names: list[str] | None = None) -> None:
         """Replace ``fc`` with a fresh linear layer (MoCo probe init: N(0, 0.01) weights, zero bias)."""
         self.fc = nn.Linear(self.num_features, num_classes)
