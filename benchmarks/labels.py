@@ -10,7 +10,8 @@ record is ~17 B/image/epoch vs 20 B of fp16 logits), so the candidates also stor
 (cycled during training, ``--epochs`` of relabel < training epochs), int8 logits, or one label per image.
 
 Set-up (CPU, ~6 minutes): the supervised teacher from ``benchmarks/artifacts/squeeze_supervised`` (resnet10 width
-16, the same teacher the fidelity benchmark uses), a random real subset with 10 images per class as the labelled
+16, the same teacher the fidelity benchmark uses; trained with ``benchmarks/squeeze_probe.py``'s settings when
+missing, as ``benchmarks/artifacts/`` is not in git), a random real subset with 10 images per class as the labelled
 set (labels are measured independently of how the images were made), students resnet10 width 8 trained for
 EPOCHS epochs with batch 64, pad-crop + flip + CutMix, T = 4, 3 seeds; top-1 on the full 10k test split, final
 epoch. Every variant trains the SAME students (same seeds, same views: the stored plans are generated from the
@@ -74,6 +75,10 @@ def main() -> None:
     from hf_scdd.training.accelerator import make_accelerator
     from hf_scdd.training.evaluation import evaluate_top1
 
+    if args.teacher == str(TEACHER) and not TEACHER.exists():  # benchmarks/artifacts is not in git
+        from squeeze_probe import squeezed_backbone
+
+        squeezed_backbone("supervised")
     teacher = load_backbone(args.teacher).eval()
     test_images, test_labels = data.tensors("test")
     teacher_top1 = evaluate_top1(make_accelerator(work / "teacher", cpu=True, report_to="none"), teacher,

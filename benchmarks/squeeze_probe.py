@@ -9,7 +9,9 @@
 
 Prints wall time and probe top-1 of each and writes ``benchmarks/artifacts/squeeze_results.json``. The trained
 backbones stay in ``benchmarks/artifacts/squeeze_{mocov2,supervised}/backbone`` and the probed (recovery)
-models in ``benchmarks/artifacts/probe_{mocov2,supervised}/model`` for later stages to reuse.
+models in ``benchmarks/artifacts/probe_{mocov2,supervised}/model`` for the other benchmarks (fidelity, labels)
+to reuse. ``benchmarks/artifacts/`` is not in git: this command (re)creates it, and a rerun skips what is
+finished (each stage resumes its own output folder).
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ def timed(fn, *args):
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn(*args)
     return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def squeezed_backbone(method: str, artifacts: Path = ARTIFACTS, overrides: dict | None = None) -> Path:
+    """``benchmarks/artifacts/squeeze_<method>/backbone`` with this benchmark's config, trained if missing."""
+    from hf_scdd.stages.squeeze import SqueezeConfig
+    from hf_scdd.stages.squeeze import main as squeeze
+
+    return squeeze(SqueezeConfig(output_dir=str(artifacts / f"squeeze_{method}"), method=method, **(overrides or {})))
 
 
 def main() -> None:

@@ -171,10 +171,6 @@ def hub_repo_id(request) -> str:
 AUTO_PRECISION_ENV = "HF_SCDD_AUTO_PRECISION"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "both_precisions: run once with auto=no and once with auto=bf16")
-
-
 def pytest_generate_tests(metafunc):
     if metafunc.definition.get_closest_marker("both_precisions") is None:
         return
