@@ -133,18 +133,11 @@ def cifar100_like(tmp_path, mode: str = "RGB") -> tuple[str, dict]:
             "note": datasets.Value("string"),
         }
     )
-    splits = {
-        "train": {
-            "img": rgb_images(12, 0, mode),
-            "fine_label": [i % 3 for i in range(12)],
-            "note": [f"n{i}" for i in range(12)],
-        },
-        "test": {
-            "img": rgb_images(6, 1, mode),
-            "fine_label": [i % 3 for i in range(6)],
-            "note": [f"t{i}" for i in range(6)],
-        },
-    }
+    def split(n: int, seed: int, prefix: str) -> dict:
+        return {"img": rgb_images(n, seed, mode), "fine_label": [i % 3 for i in range(n)],
+                "note": [f"{prefix}{i}" for i in range(n)]}
+
+    splits = {"train": split(12, 0, "n"), "test": split(6, 1, "t")}
     return write_folder(tmp_path / f"c100-{mode}", splits, features), splits
 
 

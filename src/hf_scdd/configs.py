@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = [
-    "ConfigError", "PostTrainViewFields", "StageConfig", "check_or_write_config", "config_from_dict",
+    "ConfigError", "DistilledSetFields", "PostTrainViewFields", "StageConfig", "check_or_write_config", "config_from_dict",
     "load_yaml", "parse_config", "save_config",
 ]
 
@@ -69,6 +69,20 @@ class StageConfig:
     def result_fields(self) -> dict[str, Any]:
         """The fields that determine the output (what a resumed run must agree on)."""
         return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
+
+
+@dataclass
+class DistilledSetFields:
+    """The distilled set and the teacher that relabel and evaluate both read."""
+
+    distilled: str | None = field(default=None, metadata={"help": "Distilled set: folder or Hub dataset id."})
+    revision: str | None = field(default=None, metadata={"help": "Revision of a Hub distilled set."})
+    teacher: str | None = field(
+        default=None,
+        metadata={"help": "Teacher with a classifier (relabel's labels, evaluate's online KD): folder, squeeze/"
+                  "probe output folder or Hub id."},
+    )
+    teacher_revision: str | None = field(default=None, metadata={"help": "Revision of a Hub teacher."})
 
 
 @dataclass

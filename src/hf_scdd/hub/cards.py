@@ -56,23 +56,13 @@ class BackboneCardData:
 
 
 def backbone_card_data(model) -> BackboneCardData:
+    """The card data of an hf_scdd ResNet: its architecture and its ``training`` record."""
     info = dict(model.training_info)
+    shape = {k: getattr(model, k) for k in ("arch", "stem", "width", "in_channels", "image_size", "num_classes")}
+    record = {k: info.get(k) for k in ("dataset", "epochs", "probe_top1", "probe_epochs", "base_model")}
     return BackboneCardData(
-        arch=model.arch,
-        stem=model.stem,
-        width=model.width,
-        in_channels=model.in_channels,
-        image_size=model.image_size,
-        num_classes=model.num_classes,
-        bn_layers=model.bn_layer_count(),
-        num_parameters=sum(p.numel() for p in model.parameters()),
-        method=info.get("method", "unknown"),
-        dataset=info.get("dataset"),
-        epochs=info.get("epochs"),
-        probe_top1=info.get("probe_top1"),
-        probe_epochs=info.get("probe_epochs"),
-        base_model=info.get("base_model"),
-        training=info,
+        **shape, **record, bn_layers=model.bn_layer_count(), method=info.get("method", "unknown"),
+        num_parameters=sum(p.numel() for p in model.parameters()), training=info,
     )
 
 
@@ -84,35 +74,38 @@ def hub_id(name: str | None) -> str | None:
     return name
 
 
+def _accuracy(dataset: str | None, metric_name: str, value: float) -> EvalResult:
+    """One model-index entry: top-1 accuracy on the test split of ``dataset``."""
+    return EvalResult(
+        task_type="image-classification",
+        dataset_type=hub_id(dataset) or (dataset or "unknown"),
+        dataset_name=dataset or "unknown",
+        dataset_split="test",
+        metric_type="accuracy",
+        metric_name=metric_name,
+        metric_value=round(float(value), 4),
+    )
+
+
+def _model_card(template: str, data: Any, **card_data: Any) -> ModelCard:
+    """A model card rendered from ``model_cards/<template>`` with the library's fixed metadata."""
+    metadata = ModelCardData(library_name="hf_scdd", license="apache-2.0", pipeline_tag="image-classification",
+                             **card_data)
+    return ModelCard.from_template(
+        metadata, template_str=template_text(template), card=asdict(data), version=library_version()
+    )
+
+
 def render_model_card(model) -> ModelCard:
     """A backbone's card, from ``model_cards/backbone.md``."""
     data = backbone_card_data(model)
     eval_results = None
     if data.probe_top1 is not None:
-        eval_results = [
-            EvalResult(
-                task_type="image-classification",
-                dataset_type=hub_id(data.dataset) or (data.dataset or "unknown"),
-                dataset_name=data.dataset or "unknown",
-                dataset_split="test",
-                metric_type="accuracy",
-                metric_name="linear-probe top-1",
-                metric_value=round(float(data.probe_top1), 4),
-            )
-        ]
+        eval_results = [_accuracy(data.dataset, "linear-probe top-1", data.probe_top1)]
     tags = ["dataset-distillation", "sc-dd", "batchnorm", data.method]
-    card_data = ModelCardData(
-        library_name="hf_scdd",
-        license="apache-2.0",
-        tags=[t for t in tags if t],
-        datasets=[d for d in [hub_id(data.dataset)] if d] or None,
-        base_model=hub_id(data.base_model),
-        model_name=f"{data.arch}-{data.method}",
-        eval_results=eval_results,
-        pipeline_tag="image-classification",
-    )
-    return ModelCard.from_template(
-        card_data, template_str=template_text("backbone.md"), card=asdict(data), version=library_version()
+    return _model_card(
+        "backbone.md", data, tags=[t for t in tags if t], datasets=[d for d in [hub_id(data.dataset)] if d] or None,
+        base_model=hub_id(data.base_model), model_name=f"{data.arch}-{data.method}", eval_results=eval_results,
     )
 
 
@@ -144,30 +137,13 @@ class StudentCardData:
 
 def render_student_card(data: StudentCardData) -> ModelCard:
     """A post-trained student's card, from ``model_cards/student.md``, with model-index results."""
-    eval_results = [
-        EvalResult(
-            task_type="image-classification",
-            dataset_type=hub_id(data.dataset) or data.dataset,
-            dataset_name=data.dataset,
-            dataset_split="test",
-            metric_type="accuracy",
-            metric_name=f"top-1, final epoch, mean of {len(data.seeds)} seed(s)",
-            metric_value=round(float(data.final_top1_mean), 4),
-        )
-    ]
+    metric = f"top-1, final epoch, mean of {len(data.seeds)} seed(s)"
     datasets = [d for d in (hub_id(data.distilled), hub_id(data.dataset)) if d]
-    card_data = ModelCardData(
-        library_name="hf_scdd",
-        license="apache-2.0",
+    return _model_card(
+        "student.md", data,
         tags=["dataset-distillation", "sc-dd", "knowledge-distillation", f"labels-{data.label_mode}"],
-        datasets=datasets or None,
-        base_model=hub_id(data.teacher),
-        model_name=f"{data.arch}-student-{data.label_mode}",
-        eval_results=eval_results,
-        pipeline_tag="image-classification",
-    )
-    return ModelCard.from_template(
-        card_data, template_str=template_text("student.md"), card=asdict(data), version=library_version()
+        datasets=datasets or None, base_model=hub_id(data.teacher), model_name=f"{data.arch}-student-{data.label_mode}",
+        eval_results=[_accuracy(data.dataset, metric, data.final_top1_mean)],
     )
 
 

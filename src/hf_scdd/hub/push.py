@@ -16,46 +16,34 @@ from ..errors import BackboneError, DistilledSetError
 from ..formats.distilled_set import DATA_DIR, SOFT_LABELS_DIR, WORKING_DIRS
 
 
-def push_distilled(
-    folder: str | os.PathLike,
-    repo_id: str,
-    *,
-    revision: str | None = None,
-    private: bool = False,
-    commit_message: str | None = None,
-) -> str:
+def push_distilled(folder: str | os.PathLike, repo_id: str, *, commit_message: str | None = None, **options) -> str:
     """Upload a distilled-set folder (card, shards, grid, config, ``soft_labels/``) to a Hub dataset repo.
 
     Working folders (``units/``, ``logs/``, ``checkpoints/``) and hidden temp files stay local. Remote parquet
     shards that the folder no longer has (a re-push with a different shard count) are deleted in the same
     commit, so the repo never mixes two runs' images; likewise remote ``soft_labels/`` files when the folder has
-    ``soft_labels/`` (otherwise they are left alone, e.g. pushed by ``hf-scdd relabel``). Returns the commit's URL.
+    ``soft_labels/`` (otherwise they are left alone, e.g. pushed by ``hf-scdd relabel``). ``options``:
+    ``revision`` (a branch, created if needed) and ``private``, as for :func:`upload_folder`. Returns the
+    commit's URL.
     """
     folder = Path(folder)
     if not (folder / "README.md").exists() or not list((folder / DATA_DIR).glob("*.parquet")):
         raise DistilledSetError(f"{folder} is not a finished distilled set (README.md and data/*.parquet needed)")
+    # a folder with soft labels replaces the remote ones: stale epoch files would mix two relabel runs
+    stale = [f"{DATA_DIR}/*.parquet"] + ([f"{SOFT_LABELS_DIR}/*"] if (folder / SOFT_LABELS_DIR).is_dir() else [])
     return upload_folder(
-        folder, repo_id, repo_type="dataset", revision=revision, private=private,
-        commit_message=commit_message or "Upload SC-DD distilled set (hf_scdd)",
-        # a folder with soft labels replaces the remote ones: stale epoch files would mix two relabel runs
-        delete_patterns=[f"{DATA_DIR}/*.parquet"]
-        + ([f"{SOFT_LABELS_DIR}/*"] if (folder / SOFT_LABELS_DIR).is_dir() else []),
+        folder, repo_id, repo_type="dataset", commit_message=commit_message or "Upload SC-DD distilled set (hf_scdd)",
+        delete_patterns=stale, **options,
     )
 
 
-def push_model_folder(
-    folder: str | os.PathLike,
-    repo_id: str,
-    *,
-    revision: str | None = None,
-    private: bool = False,
-    commit_message: str | None = None,
-) -> str:
+def push_model_folder(folder: str | os.PathLike, repo_id: str, *, commit_message: str | None = None, **options) -> str:
     """Upload a saved model folder (backbone, probed teacher, student) to a Hub model repo exactly as it is.
 
     The folder is uploaded as it is, so it keeps the card the stage wrote (probe accuracy, evaluation
-    results). Working folders (``checkpoints/``,
-    ``logs/``, ``units/``, ``tmp/``) and hidden or ``*.tmp*`` files stay local. Returns the commit's URL.
+    results). Working folders (``checkpoints/``, ``logs/``, ``units/``, ``tmp/``) and hidden or ``*.tmp*``
+    files stay local. ``options``: ``revision`` and ``private``, as for :func:`upload_folder`. Returns the
+    commit's URL.
     """
     folder = Path(folder)
     if not (folder / "config.json").exists() or not (folder / "model.safetensors").exists():
@@ -64,8 +52,7 @@ def push_model_folder(
             "save_pretrained first"
         )
     return upload_folder(
-        folder, repo_id, repo_type="model", revision=revision, private=private,
-        commit_message=commit_message or "Upload hf_scdd model",
+        folder, repo_id, repo_type="model", commit_message=commit_message or "Upload hf_scdd model", **options
     )
 
 
@@ -74,9 +61,9 @@ def upload_folder(
     repo_id: str,
     *,
     repo_type: str,
-    revision: str | None,
-    private: bool,
     commit_message: str,
+    revision: str | None = None,
+    private: bool = False,
     delete_patterns: Sequence[str] = (),
     path_in_repo: str | None = None,
 ) -> str:
@@ -109,6 +96,6 @@ def push_soft_labels(labels_dir: str | os.PathLike, repo_id: str, *, commit_mess
     """Upload a ``soft_labels/`` folder into the ``soft_labels/`` folder of a Hub dataset repo (created if
     needed)."""
     return upload_folder(
-        labels_dir, repo_id, repo_type="dataset", revision=None, private=False,
-        commit_message=commit_message or "Add soft labels (hf-scdd relabel)", path_in_repo=SOFT_LABELS_DIR,
+        labels_dir, repo_id, repo_type="dataset", commit_message=commit_message or "Add soft labels (hf-scdd relabel)",
+        path_in_repo=SOFT_LABELS_DIR,
     )

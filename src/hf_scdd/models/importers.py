@@ -77,54 +77,11 @@ _METHOD = {
 }
 
 
-def import_checkpoint(
-    path: str | os.PathLike,
-    *,
-    arch: str,
-    stem: str,
-    num_classes: int | None = None,
-    in_channels: int = 3,
-    width: int = 64,
-    layout: str = "auto",
-    keep_classifier: bool = True,
-    **model_kwargs: Any,
-) -> ResNet:
-    """Load a checkpoint file (``.pth``/``.pth.tar``/``.bin``/``.safetensors``) into a :class:`ResNet`.
-
-    Args:
-        path: the checkpoint file, or a folder holding ``model.safetensors`` or ``pytorch_model.bin``.
-        arch, stem, in_channels, width: the architecture the checkpoint was trained with (see
-            :class:`ResNet`).
-        num_classes: classifier size. ``None`` takes it from the checkpoint's classifier when it has one
-            (``lincls``/``torchvision`` layouts) and gives a feature extractor (0) otherwise. When the
-            checkpoint
-            has no classifier, a fresh ``fc`` with MoCo's probe initialisation is created.
-        layout: one of :data:`LAYOUTS`; ``"auto"`` detects it from the key names.
-        keep_classifier: ``False`` ignores a classifier stored in the checkpoint (fresh ``fc`` instead).
-        model_kwargs: further :class:`ResNet` arguments (``image_size``, ``mean``, ``std``, ``class_names``,
-            ``training``).
-
-    Returns:
-        The model in eval mode, its training record noting the source file and layout.
-
-    Raises:
-        BackboneError: unreadable file, unknown layout, or a backbone that does not match the architecture
-            exactly (the message lists the offending keys and the layout assumed).
-    """
-    state_dict = read_checkpoint(path)
-    model = import_state_dict(
-        state_dict,
-        arch=arch,
-        stem=stem,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        width=width,
-        layout=layout,
-        keep_classifier=keep_classifier,
-        source=str(path),
-        **model_kwargs,
-    )
-    return model
+def import_checkpoint(path: str | os.PathLike, **kwargs: Any) -> ResNet:
+    """Load a checkpoint file (``.pth``/``.pth.tar``/``.bin``/``.safetensors``, or a folder holding
+    ``model.safetensors`` or ``pytorch_model.bin``) into a :class:`ResNet`; takes the keyword arguments of
+    :func:`import_state_dict` (``arch`` and ``stem`` are required) and records ``path`` as the source."""
+    return import_state_dict(read_checkpoint(path), source=str(path), **kwargs)
 
 
 def import_torchvision_state_dict(state_dict: Mapping[str, torch.Tensor], **kwargs: Any) -> ResNet:
@@ -148,7 +105,28 @@ def import_state_dict(
     source: str | None = None,
     **model_kwargs: Any,
 ) -> ResNet:
-    """Import an in-memory checkpoint (a state dict or a dict wrapping one); see :func:`import_checkpoint`."""
+    """Import an in-memory checkpoint (a state dict, or a dict wrapping one under ``state_dict``/``model``/...).
+
+    Args:
+        state_dict: the tensors, possibly nested in the containers of :data:`CONTAINER_KEYS`.
+        arch, stem, in_channels, width: the architecture the checkpoint was trained with (see
+            :class:`ResNet`).
+        num_classes: classifier size. ``None`` takes it from the checkpoint's classifier when it has one
+            (``lincls``/``torchvision`` layouts) and gives a feature extractor (0) otherwise. When the
+            checkpoint has no classifier, a fresh ``fc`` with MoCo's probe initialisation is created.
+        layout: one of :data:`LAYOUTS`; ``"auto"`` detects it from the key names.
+        keep_classifier: ``False`` ignores a classifier stored in the checkpoint (fresh ``fc`` instead).
+        source: where the tensors came from, for the training record and error messages.
+        model_kwargs: further :class:`ResNet` arguments (``image_size``, ``mean``, ``std``, ``class_names``,
+            ``training``).
+
+    Returns:
+        The model in eval mode, its training record noting the source and layout.
+
+    Raises:
+        BackboneError: unreadable file, unknown layout, or a backbone that does not match the architecture
+            exactly (the message lists the offending keys and the layout assumed).
+    """
     if layout not in LAYOUTS:
         raise BackboneError(f"unknown checkpoint layout {layout!r}; choose one of {list(LAYOUTS)}")
     tensors = unwrap_state_dict(state_dict)

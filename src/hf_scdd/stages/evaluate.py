@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..configs import ConfigError, PostTrainViewFields, StageConfig, check_or_write_config
+from ..configs import ConfigError, DistilledSetFields, PostTrainViewFields, StageConfig, check_or_write_config
 from ..data.loading import ImageData
 from ..formats.distilled_set import distilled_images
 from ..formats.soft_labels import SoftLabelStore
@@ -32,13 +32,9 @@ from ..training.stage import load_stage_data
 from ..utils import atomic_write_text, use_cpu
 
 @dataclass
-class EvaluateConfig(PostTrainViewFields, StageConfig):
+class EvaluateConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
     """``hf-scdd evaluate``: a student trained on the distilled set, with same-protocol baselines."""
 
-    distilled: str | None = field(default=None, metadata={"help": "Distilled set: folder or Hub dataset id."})
-    revision: str | None = field(default=None, metadata={"help": "Revision of a Hub distilled set."})
-    teacher: str | None = field(default=None, metadata={"help": "Teacher for online labels: folder or Hub id."})
-    teacher_revision: str | None = field(default=None, metadata={"help": "Revision of a Hub teacher."})
     soft_labels: str | None = field(default=None, metadata={"help": "Soft-label folder (default: the distilled set's)."})
     label_modes: list[str] = field(
         default_factory=lambda: ["online"], metadata={"help": "Any of 'online', 'stored', 'hard' (several allowed)."}

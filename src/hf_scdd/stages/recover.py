@@ -196,21 +196,10 @@ def card_data(context: RecoverContext, num_shards: int) -> DistilledSetCardData:
     license_, citation = source_dataset_terms(context.dataset_name)
     finals = [load_unit(config.output_dir, u)[1] for u in context.units]
     return DistilledSetCardData(
-        class_names=context.class_names,
-        num_images=sum(len(u.classes) for u in context.units),
-        ipc=config.ipc,
-        image_format=config.image_format,
-        image_size=config.image_size,
-        channels=context.channels,
-        source_dataset=context.dataset_name,
-        backbone=config.backbone,
-        backbone_revision=context.backbone_revision,
-        seed=config.seed,
-        recover_config=config.result_fields(),
-        hf_scdd_version=__version__,
-        num_shards=num_shards,
-        final_ce=float(np.mean([float(m["ce"]) for m in finals])),
-        final_bn=float(np.mean([float(m["bn"]) for m in finals])),
-        license=license_,
-        citation=citation,
+        **{k: getattr(config, k) for k in ("ipc", "image_format", "image_size", "backbone", "seed")},
+        class_names=context.class_names, num_images=sum(len(u.classes) for u in context.units),
+        channels=context.channels, source_dataset=context.dataset_name, backbone_revision=context.backbone_revision,
+        recover_config=config.result_fields(), hf_scdd_version=__version__, num_shards=num_shards,
+        final_ce=float(np.mean([float(m["ce"]) for m in finals])), final_bn=float(np.mean([float(m["bn"]) for m in finals])),
+        license=license_, citation=citation,
     )

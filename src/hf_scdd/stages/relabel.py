@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..configs import ConfigError, PostTrainViewFields, StageConfig, check_or_write_config
+from ..configs import ConfigError, DistilledSetFields, PostTrainViewFields, StageConfig, check_or_write_config
 from ..formats.distilled_set import SOFT_LABELS_DIR, distilled_images, image_nbytes
 from ..formats.soft_labels import SoftLabelStore, bytes_report, format_bytes_report, label_format, write_soft_labels
 from ..hub.loading import load_distilled
@@ -27,13 +27,9 @@ from ..utils import atomic_write_text, use_cpu
 
 
 @dataclass
-class RelabelConfig(PostTrainViewFields, StageConfig):
+class RelabelConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
     """``hf-scdd relabel``: store a teacher's soft labels next to a distilled set."""
 
-    distilled: str | None = field(default=None, metadata={"help": "Distilled set: folder or Hub dataset id."})
-    revision: str | None = field(default=None, metadata={"help": "Revision of a Hub distilled set."})
-    teacher: str | None = field(default=None, metadata={"help": "Teacher backbone with a classifier: folder or Hub id."})
-    teacher_revision: str | None = field(default=None, metadata={"help": "Revision of a Hub teacher."})
     labels_dir: str | None = field(
         default=None,
         metadata={"help": "Where to write; default <distilled>/soft_labels, or <output_dir>/soft_labels for a Hub id."},
