@@ -26,6 +26,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
 
 
 def usage() -> str:
+    """The top-level help: every stage with its one-line description."""
     lines = ["usage: hf-scdd <stage> [--config file.yaml] [--field value ...]", "", "stages:"]
     lines += [f"  {name:<11} {desc}" for name, (_, _, desc) in STAGES.items()]
     lines += ["", "`hf-scdd <stage> --help` lists every field of a stage."]
@@ -42,6 +43,7 @@ def configure_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """``hf-scdd [<stage> [--config file.yaml] [--field value ...]]``; the stage module is imported only here."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

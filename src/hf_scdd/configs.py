@@ -151,6 +151,7 @@ def _pop_config_path(args: list[str]) -> str | None:
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML file of field values (a mapping), as ``--config`` takes it."""
     with open(path) as f:
         values = yaml.safe_load(f) or {}
     if not isinstance(values, dict):

@@ -47,6 +47,7 @@ _FASHION_MNIST_FILES = {
 
 
 def is_builtin(name: str | None) -> bool:
+    """Whether ``name`` means the built-in dataset (``None`` does too)."""
     return name is None or name.lower().replace("-", "_") in (BUILTIN, "builtin")
 
 

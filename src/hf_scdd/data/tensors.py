@@ -76,6 +76,7 @@ def tensor_cache_path(ds, channels: int, image_size: int) -> Path:
 
 
 def save_tensors(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Cache a decoded split (atomically: concurrent processes may decode the same split)."""
     atomic_save_safetensors(path, {"images": images, "labels": labels})
 
 

@@ -61,6 +61,7 @@ def encode_image(image: torch.Tensor, image_format: str = "png") -> bytes:
 
 
 def shard_name(index: int, count: int, split: str = "train") -> str:
+    """The Hub parquet-layout file name of shard ``index`` of ``count``."""
     return f"{split}-{index:05d}-of-{count:05d}.parquet"
 
 
@@ -157,6 +158,7 @@ def write_grid(
 
 
 def unit_path(output_dir: str | os.PathLike, unit: Unit) -> Path:
+    """Where a finished unit is kept until the shards are written (its existence marks the unit done)."""
     return Path(output_dir) / UNITS_DIR / f"{unit.name}.safetensors"
 
 

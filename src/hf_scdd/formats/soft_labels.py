@@ -42,6 +42,7 @@ LABEL_DTYPES = ("fp16", "int8")
 
 
 def epoch_file(epoch: int) -> str:
+    """The file name of one epoch's labels."""
     return f"epoch_{epoch:04d}.safetensors"
 
 
@@ -353,6 +354,7 @@ def is_valid_label_file(path: Path, fmt: LabelFormat) -> bool:
 
 
 def bytes_report(store: SoftLabelStore, image_bytes: int | None) -> dict[str, Any]:
+    """What the labels cost in bytes, whole files included, next to the images they label."""
     fmt = store.format
     label_bytes = store.nbytes()
     return {
@@ -370,6 +372,7 @@ def bytes_report(store: SoftLabelStore, image_bytes: int | None) -> dict[str, An
 
 
 def format_bytes_report(report: dict[str, Any]) -> str:
+    """The one-line summary relabel prints."""
     text = f"soft labels: {report['label_bytes']:,} bytes ({report['epochs']} epoch(s), {report['mode']})"
     if report.get("image_bytes"):
         text += f"; images: {report['image_bytes']:,} bytes; labels/images = {report['labels_over_images']:.2f}x"

@@ -80,6 +80,7 @@ def use_split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
 
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """The permutation that undoes ``perm``."""
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(len(perm), device=perm.device)
     return inv

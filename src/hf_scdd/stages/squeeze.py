@@ -68,6 +68,7 @@ class SqueezeConfig(StageConfig):
     )
 
     def resolved_lr(self) -> float:
+        """``--lr``, or MoCo's 0.06 / the supervised recipe's 0.1."""
         if self.lr is not None:
             return self.lr
         return 0.06 if self.method == "mocov2" else 0.1

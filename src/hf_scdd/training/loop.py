@@ -105,6 +105,7 @@ class LoopProgress:
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest finished (``DONE``-marked) checkpoint under ``output_dir``, if any."""
     folder = Path(output_dir) / CHECKPOINT_DIR
     if not folder.is_dir():
         return None

@@ -107,6 +107,7 @@ class TargetSource:
         self.stored_logits: Any = None
 
     def start_epoch(self, epoch: int) -> None:
+        """The epoch's plan: the stored one (stored labels), else the one ``(seed, epoch)`` determines."""
         if self.mode == "stored" and self.compact is None:
             record = self.store.epoch(epoch)
             self.plan, self.stored_logits = record.plan, record
@@ -116,6 +117,7 @@ class TargetSource:
             )
 
     def loss(self, model, b: int, preprocess, device) -> torch.Tensor:
+        """Batch ``b``'s loss: the student on the batch's mixed views against this mode's targets."""
         plan = self.plan
         pixels = render_batch(self.images, plan, b, device)
         logits = model(preprocess(pixels)).float()
@@ -253,6 +255,7 @@ def summarize_history(history: list[dict]) -> dict[str, Any]:
 
 
 def images_per_class(labels: torch.Tensor, num_classes: int) -> int:
+    """The random baseline's images per class: the distilled set's (rounded mean if it is unequal)."""
     counts = torch.bincount(labels, minlength=num_classes)
     if int(counts.min()) != int(counts.max()):
         logger.warning("distilled set has unequal images per class (%s); random baseline uses the rounded mean",

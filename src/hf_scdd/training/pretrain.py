@@ -59,6 +59,7 @@ def new_backbone(config: PretrainSettings, data: ImageData, num_classes: int) ->
 
 
 def splits_per_process(config: PretrainSettings, num_processes: int) -> int:
+    """SplitBatchNorm groups per process, so that the BN group size is ``batch_size / bn_splits`` on any process count."""
     local_batch = config.batch_size // num_processes
     splits = max(1, config.bn_splits // num_processes)
     if config.bn_splits % num_processes and config.bn_splits > 1:
@@ -72,6 +73,7 @@ def splits_per_process(config: PretrainSettings, num_processes: int) -> int:
 
 
 def plan_mocov2(config: PretrainSettings, data: ImageData, images: torch.Tensor, accelerator) -> TrainingPlan:
+    """MoCo v2: split-BN query encoder, momentum key state (checkpointed), SSL views, InfoNCE against the queue."""
     splits = splits_per_process(config, accelerator.num_processes)
     query = ProjectionEncoder(use_split_batchnorm(new_backbone(config, data, 0), splits), config.moco_dim)
     key_state = MoCoKeyState(query, config.moco_dim, config.moco_k).to(accelerator.device)
@@ -98,6 +100,7 @@ def plan_mocov2(config: PretrainSettings, data: ImageData, images: torch.Tensor,
 def plan_supervised(
     config: PretrainSettings, data: ImageData, images: torch.Tensor, labels: torch.Tensor, accelerator
 ) -> TrainingPlan:
+    """The SRe²L control: the same backbone with a classifier, pad-crop + flip views, cross-entropy."""
     model = new_backbone(config, data, data.num_classes)
     augment = supervised_view_augmentation(data.image_size)
 
