@@ -122,6 +122,13 @@ def write_folder(root: Path, splits: dict[str, dict], features) -> str:
     return str(root)
 
 
+def same_splits(root: Path, features: dict, columns: dict, splits=("train", "test")) -> str:
+    """A folder whose splits all hold ``columns`` (typed by the ``features`` mapping)."""
+    import datasets
+
+    return write_folder(root, {split: columns for split in splits}, datasets.Features(features))
+
+
 def cifar100_like(tmp_path, mode: str = "RGB") -> tuple[str, dict]:
     """Columns ``img`` (Image) + ``fine_label`` (ClassLabel) + ``note`` (str), splits train/test."""
     import datasets
@@ -160,17 +167,11 @@ def test_column_autodetection(tmp_path):
 def test_explicit_column_override(tmp_path):
     import datasets
 
-    features = datasets.Features(
-        {
-            "photo": datasets.Image(),
-            "sketch": datasets.Image(),
-            "kind": datasets.ClassLabel(names=["x", "y"]),
-            "label": datasets.ClassLabel(names=["p", "q", "r"]),
-        }
-    )
+    features = {"photo": datasets.Image(), "sketch": datasets.Image(), "kind": datasets.ClassLabel(names=["x", "y"]),
+                "label": datasets.ClassLabel(names=["p", "q", "r"])}
     photos, sketches = rgb_images(6, 2), rgb_images(6, 3)
     columns = {"photo": photos, "sketch": sketches, "kind": [0, 1] * 3, "label": [0, 1, 2] * 2}
-    folder = write_folder(tmp_path / "two", {"train": columns, "test": columns}, features)
+    folder = same_splits(tmp_path / "two", features, columns)
 
     with pytest.raises(DataError, match=r"several image columns \['photo', 'sketch'\].*--image_column"):
         load_image_dataset(folder)
@@ -190,10 +191,10 @@ def test_explicit_column_override(tmp_path):
 def test_integer_labels_become_class_label(tmp_path):
     import datasets
 
-    features = datasets.Features({"image": datasets.Image(), "y": datasets.Value("int64")})
+    features = {"image": datasets.Image(), "y": datasets.Value("int64")}
     columns = {"image": rgb_images(4, 4), "y": [0, 1, 2, 1]}
     data = load_image_dataset(
-        write_folder(tmp_path / "ints", {"train": columns, "validation": columns}, features), label_column="y"
+        same_splits(tmp_path / "ints", features, columns, ("train", "validation")), label_column="y"
     )
     assert data.class_names == ["0", "1", "2"]
     assert data.dataset["test"].num_rows == 4  # "validation" serves as the test split
@@ -239,48 +240,41 @@ def test_resize_to_requested_size(tmp_path):
 def test_dataset_without_labels(tmp_path):
     import datasets
 
-    features = datasets.Features({"image": datasets.Image()})
-    columns = {"image": rgb_images(3, 5)}
-    folder = write_folder(tmp_path / "nolabel", {"train": columns, "test": columns}, features)
+    folder = same_splits(tmp_path / "nolabel", {"image": datasets.Image()}, {"image": rgb_images(3, 5)})
     with pytest.raises(DataError, match="has no label column.*--label_column"):
         load_image_dataset(folder)
 
 
-def test_missing_split(tmp_path):
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(test_split="holdout"), "no split 'holdout'"),
+        (dict(train_split="training"), r"no split 'training'.*--train_split"),
+        (dict(image_column="note"), "column 'note' .* not an image"),
+        (dict(label_column="note"), "class_encode_column"),  # string labels
+    ],
+    ids=["missing-test-split", "missing-train-split", "non-image-column", "string-labels"],
+)
+def test_unusable_arguments_are_refused(tmp_path, kwargs, match):
     folder, _ = cifar100_like(tmp_path)
-    with pytest.raises(DataError, match="no split 'holdout'"):
-        load_image_dataset(folder, test_split="holdout")
-    with pytest.raises(DataError, match=r"no split 'training'.*--train_split"):
-        load_image_dataset(folder, train_split="training")
+    with pytest.raises(DataError, match=match):
+        load_image_dataset(folder, **kwargs)
 
+
+def test_dataset_without_test_split(tmp_path):
     import datasets
 
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
-    only_train = write_folder(
-        tmp_path / "train-only", {"train": {"image": rgb_images(2, 6), "label": [0, 1]}}, features
-    )
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    only_train = same_splits(tmp_path / "train-only", features, {"image": rgb_images(2, 6), "label": [0, 1]}, ("train",))
     with pytest.raises(DataError, match="has no test split.*--test_split"):
         load_image_dataset(only_train)
-
-
-def test_non_image_column_as_image(tmp_path):
-    folder, _ = cifar100_like(tmp_path)
-    with pytest.raises(DataError, match="column 'note' .* not an image"):
-        load_image_dataset(folder, image_column="note")
-
-
-def test_string_labels(tmp_path):
-    folder, _ = cifar100_like(tmp_path)
-    with pytest.raises(DataError, match="class_encode_column"):
-        load_image_dataset(folder, label_column="note")
 
 
 def test_non_contiguous_integer_labels(tmp_path):
     import datasets
 
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
-    columns = {"image": rgb_images(3, 7), "label": [0, 2, 5]}
-    folder = write_folder(tmp_path / "gaps", {"train": columns, "test": columns}, features)
+    features = {"image": datasets.Image(), "label": datasets.Value("int64")}
+    folder = same_splits(tmp_path / "gaps", features, {"image": rgb_images(3, 7), "label": [0, 2, 5]})
     with pytest.raises(DataError, match=r"not contiguous class indices 0..C-1 \(found \[0, 2, 5\]"):
         load_image_dataset(folder)
 
