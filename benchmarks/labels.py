@@ -70,7 +70,7 @@ def main() -> None:
     train_images, train_labels = data.tensors("train")
 
     base = dict(arch="resnet10", width=8, batch_size=64, temperature=TEMPERATURE, cpu=True, report_to="none",
-                eval_every=EPOCHS, save_student=False, crop="pad", mix="cutmix")
+                eval_points=1, save_student=False, crop="pad", mix="cutmix")
     from hf_scdd.models import load_backbone
     from hf_scdd.training.accelerator import make_accelerator
     from hf_scdd.training.evaluation import evaluate_top1

@@ -97,7 +97,7 @@ def test_student_card_metadata():
 
     card = render_student_card(StudentCardData(
         arch="resnet18", stem="cifar", width=64, num_classes=10, dataset="zalando-datasets/fashion_mnist",
-        distilled="me/fmnist-scdd-ipc10", teacher="me/resnet18-fmnist", label_mode="stored", epochs=300,
+        distilled="me/fmnist-scdd-ipc10", teacher="me/resnet18-fmnist", label_mode="stored", steps=3000, epochs=300,
         temperature=20.0, batch_size=64, mix="cutmix", seeds=[0, 1, 2], final_top1_mean=0.81, final_top1_std=0.01,
         best_top1_mean=0.82, best_top1_std=0.01, test_size=10000, metrics={"IOR/stored": 0.03},
     ))
@@ -119,7 +119,7 @@ def test_two_process_evaluate_scores_the_whole_test_set(tmp_path, hub_env, auto_
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(29600 + random.randint(0, 2000)),
         "-m", "hf_scdd", "evaluate", "--distilled", str(distilled), "--dataset", str(real),
-        "--label_modes", "hard", "--arch", "resnet10", "--width", "4", "--epochs", "2", "--eval_every", "1",
+        "--label_modes", "hard", "--arch", "resnet10", "--width", "4", "--epochs", "2", "--eval_points", "2",
         "--batch_size", "4", "--eval_batch_size", "8", "--seeds", "0", "--output_dir", str(out),
         "--report_to", "none",
     ]
@@ -137,3 +137,34 @@ def test_two_process_evaluate_scores_the_whole_test_set(tmp_path, hub_env, auto_
     student = json.loads((out / "student" / "config.json").read_text())
     assert student["arch"] == "resnet10" and student["training"]["label_mode"] == "hard"
     assert "model-index" in (out / "student" / "README.md").read_text()
+
+
+def test_step_budget_gives_every_set_size_the_same_number_of_updates():
+    from hf_scdd.training.post_train import evaluation_epochs, student_epochs
+
+    # 100 images at batch 64 = 2 batches per epoch; 500 images = 8; the full 60k = 938
+    assert student_epochs(100, 64, 3000) == 1500
+    assert student_epochs(500, 64, 3000) == 375
+    assert student_epochs(60_000, 64, 3000) == 4  # rounded up to whole epochs: 3752 steps
+    assert student_epochs(500, 64, 3000, epochs=200) == 200  # an explicit epoch budget wins
+    points = evaluation_epochs(1500, 8)
+    assert len(points) == 8 and max(points) == 1500 and min(points) == round(1500 / 8)
+    assert evaluation_epochs(3, 8) == {1, 2, 3}  # never more points than epochs
+
+
+def test_protocol_self_check_flags_kd_below_hard_labels_on_random_subsets():
+    from hf_scdd.training.report import markdown_report, protocol_checks
+
+    def row(top1):
+        return {"final_top1_mean": top1, "final_top1_std": 0.01, "best_top1_mean": top1, "best_top1_std": 0.01,
+                "seeds": [0], "epochs": 10, "steps": 20, "num_images": 100, "test_count": 50}
+
+    converged = {"random/hard": row(0.70), "random/online": row(0.85), "distilled/hard": row(0.75)}
+    assert protocol_checks(converged) == []
+    starved = {"random/hard": row(0.54), "random/online": row(0.23)}
+    (warning,) = protocol_checks(starved)
+    assert "random + online KD (23.00 %)" in warning and "--steps" in warning
+    text = markdown_report(starved, {}, "t", teacher_top1=0.9203, checks=[warning])
+    assert "| teacher (its own top-1) | – | 92.03 |" in text
+    assert "| random | 100 | 54.00 ± 1.00 | 23.00 ± 1.00 |" in text  # hard and KD side by side
+    assert "Protocol check failed" in text

@@ -370,7 +370,7 @@ def test_student_card_round_trip(world, tmp_path, hub_repo_id, fake_hub):
             "arch": "resnet10",
             "width": 4,
             "epochs": 2,
-            "eval_every": 1,
+            "eval_points": 2,
             "batch_size": 4,
             "seeds": [0],
             "random_baseline": False,

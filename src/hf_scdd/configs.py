@@ -92,7 +92,7 @@ class PostTrainViewFields:
 
     batch_size: int = field(default=64, metadata={"help": "Post-training batch size (SC-DD: 64)."})
     crop: str = field(
-        default="rrc",
+        default="pad",
         metadata={"help": "'rrc' RandomResizedCrop (SC-DD ImageNet), 'pad' RandomCrop with padding (CIFAR), 'none'."},
     )
     crop_scale_min: float = field(default=0.08, metadata={"help": "Smallest RRC area share (SC-DD: 0.08)."})

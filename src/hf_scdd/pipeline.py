@@ -21,17 +21,11 @@ from typing import Any
 
 import yaml
 
-from .configs import ConfigError, StageConfig, check_or_write_config, config_from_dict
+from .configs import ConfigError, PostTrainViewFields, StageConfig, check_or_write_config, config_from_dict
 from .utils import atomic_write_text, use_cpu
 
 logger = logging.getLogger(__name__)
 
-# Post-training protocols (SC-DD's CIFAR and ImageNet recipes): fields shared by RelabelConfig and EvaluateConfig.
-EVAL_PROTOCOLS: dict[str, dict[str, Any]] = {
-    "cifar": dict(crop="pad", crop_pad=4, flip=True, mix="mixup", mix_alpha=0.8, temperature=30.0),
-    "imagenet": dict(crop="rrc", crop_scale_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0, temperature=20.0),
-    "none": {},
-}
 
 @dataclass
 class PipelineConfig(StageConfig):
@@ -59,15 +53,16 @@ class PipelineConfig(StageConfig):
         default_factory=lambda: ["online"],
         metadata={"help": "Post-training labels: any of online, stored, hard ('stored' runs relabel first)."},
     )
-    eval_epochs: int = field(default=100, metadata={"help": "Post-training epochs of every student."})
-    eval_every: int = field(
-        default=25, metadata={"help": "Score students on the full test split every N epochs (and the last)."}
+    eval_steps: int = field(
+        default=3000, metadata={"help": "Optimiser steps of every student (the same for every set size)."}
     )
+    eval_points: int = field(default=8, metadata={"help": "Test-split scores along each student's curve."})
     eval_protocol: str = field(
         default="auto",
-        metadata={"help": "Post-training views and KD settings shared by relabel and evaluate: 'cifar' (pad-crop, "
-                  "flip, Mixup 0.8, T=30: SC-DD's CIFAR recipe), 'imagenet' (RandomResizedCrop, flip, CutMix, "
-                  "T=20), 'auto' (cifar for images up to 32 px, else imagenet) or 'none' (stage defaults)."},
+        metadata={"help": "Post-training protocol shared by relabel and evaluate: 'hf_scdd' (pad-crop, flip, "
+                  "CutMix, KD at T=4, a step budget), 'hf_scdd_large' (the same with RandomResizedCrop), "
+                  "'scdd_cifar' / 'scdd_imagenet' (SC-DD's released recipes: epoch budgets, T=30 Mixup / T=20 "
+                  "CutMix), or 'auto' (hf_scdd up to 64 px, else hf_scdd_large)."},
     )
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Student seeds (mean ± std)."})
     random_baseline: bool = field(default=True, metadata={"help": "Also train on a random real subset, same protocol."})
@@ -132,12 +127,9 @@ def run_stage(accelerator_state, out: Path, stage: str, fn, stage_cfg) -> Any:
 
 def eval_protocol(config: PipelineConfig, image_size: int) -> dict[str, Any]:
     """The post-training protocol fields for relabel and evaluate (both must agree for stored labels)."""
-    name = config.eval_protocol
-    if name == "auto":
-        name = "cifar" if image_size <= 32 else "imagenet"
-    if name not in EVAL_PROTOCOLS:
-        raise ConfigError(f"--eval_protocol must be auto or one of {sorted(EVAL_PROTOCOLS)}, got {name!r}")
-    return dict(EVAL_PROTOCOLS[name])
+    from .training.post_train import protocol_fields
+
+    return {"steps": config.eval_steps, **protocol_fields(config.eval_protocol, image_size)}
 
 
 def run(config: PipelineConfig) -> dict[str, Any]:
@@ -195,19 +187,25 @@ def run(config: PipelineConfig) -> dict[str, Any]:
     distilled = run_stage(state, out, "recover", recover.main, cfg)
     summary["distilled"] = distilled
 
-    # 4. relabel (only when stored labels are evaluated)
+    # 4. relabel (only when stored labels are evaluated): one label epoch per post-training epoch
     protocol = eval_protocol(config, data.image_size)
-    if "stored" in config.label_modes:
-        cfg = stage_config(config, relabel.RelabelConfig, "relabel",
-                           {"distilled": str(distilled), "teacher": str(teacher), "epochs": config.eval_epochs,
-                            **protocol}, out / "relabel")
-        summary["labels"] = run_stage(state, out, "relabel", relabel.main, cfg)
-
-    # 5. evaluate: SC-DD set vs a random real subset, same protocol
     values = {"distilled": str(distilled), "teacher": str(teacher), "label_modes": list(config.label_modes),
               "seeds": list(config.seeds), "random_baseline": config.random_baseline, "arch": config.arch,
-              "width": config.width, "epochs": config.eval_epochs, "eval_every": config.eval_every, **protocol}
-    cfg = stage_config(config, evaluate.EvaluateConfig, "evaluate", values, out / "evaluate")
+              "width": config.width, "eval_points": config.eval_points, **protocol}
+    eval_cfg = stage_config(config, evaluate.EvaluateConfig, "evaluate", values, out / "evaluate")
+    if "stored" in config.label_modes:
+        from .training.post_train import student_epochs
+
+        views = {f.name: getattr(eval_cfg, f.name) for f in dataclasses.fields(PostTrainViewFields)}
+        label_epochs = student_epochs(config.ipc * data.num_classes, eval_cfg.batch_size, eval_cfg.steps,
+                                      eval_cfg.epochs)
+        cfg = stage_config(config, relabel.RelabelConfig, "relabel",
+                           {"distilled": str(distilled), "teacher": str(teacher), "epochs": label_epochs,
+                            "temperature": eval_cfg.temperature, **views}, out / "relabel")
+        summary["labels"] = run_stage(state, out, "relabel", relabel.main, cfg)
+
+    # 5. evaluate: the distilled set vs a random real subset, same protocol
+    cfg = eval_cfg
     report = run_stage(state, out, "evaluate", evaluate.main, cfg)
 
     # 6. the pictures a person looks at first

@@ -121,6 +121,7 @@ class StudentCardData:
     distilled: str | None
     teacher: str | None
     label_mode: str
+    steps: int | None
     epochs: int
     temperature: float
     batch_size: int

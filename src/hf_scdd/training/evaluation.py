@@ -71,3 +71,19 @@ def extract_features(
         idx, f = accelerator.gather_for_metrics((idx.to(accelerator.device), f))
         feats[idx] = f
     return feats
+
+
+def teacher_test_top1(teacher: torch.nn.Module, data, precision: Precision | None = None, batch_size: int = 512) -> float:
+    """The teacher's own top-1 on the full test split (with its own normalisation): the ceiling its labels
+    set for every KD student, reported next to them. One process scores every image."""
+    from ..models.loading import teacher_fn
+
+    logits_of = teacher_fn(teacher, data.mean, data.std)
+    images, labels = data.tensors("test")
+    correct = 0
+    device = next(teacher.parameters()).device
+    for start in range(0, len(images), batch_size):
+        with autocast_of(precision):
+            logits = logits_of(images[start : start + batch_size].to(device).float() / 255.0)
+        correct += int((logits.argmax(1).cpu() == labels[start : start + batch_size]).sum())
+    return correct / len(images)

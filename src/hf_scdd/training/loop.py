@@ -152,6 +152,7 @@ def train(
     after_step: Callable[[], None] | None = None,
     on_epoch_start: Callable[[int], None] | None = None,
     precision: Precision | None = None,
+    checkpoint_epochs: int = 1,
 ) -> LoopProgress:
     """Run ``epochs`` epochs of ``step_fn`` with checkpoint/resume; returns the progress record.
 
@@ -163,6 +164,8 @@ def train(
     augmentation plan and stored soft labels.
     ``step_fn`` runs its forward passes under the stage's ``precision.autocast()`` itself (losses stay fp32);
     here ``precision`` only adds fp16 loss scaling (a checkpointed ``GradScaler``).
+    A resumption checkpoint is written every ``checkpoint_epochs`` epochs and after the last one: students
+    of small sets run thousands of tiny epochs, and a ``save_state`` after each would cost more than training.
     """
     from tqdm.auto import tqdm
 
@@ -234,7 +237,8 @@ def train(
         accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=progress.global_step)
         progress.epoch += 1
         progress.step_in_epoch = 0
-        save_checkpoint(accelerator, output_dir, progress.global_step)
+        if progress.epoch % max(1, checkpoint_epochs) == 0 or progress.epoch == epochs:
+            save_checkpoint(accelerator, output_dir, progress.global_step)
     bar.close()
     return progress
 

@@ -46,7 +46,8 @@ def aggregate(runs: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
             "final_top1_mean": final[0], "final_top1_std": final[1],
             "best_top1_mean": best[0], "best_top1_std": best[1],
             "seeds": [r["seed"] for r in results], "epochs": results[0]["epochs"],
-            "num_images": results[0]["num_images"], "test_count": results[0]["test_count"],
+            "steps": results[0].get("steps"), "num_images": results[0]["num_images"],
+            "test_count": results[0]["test_count"],
         }
     return table
 
@@ -62,20 +63,62 @@ def protocol_metrics(table: dict[str, dict[str, Any]], modes: list[str]) -> dict
     return metrics
 
 
-def markdown_report(table: dict[str, dict[str, Any]], metrics: dict[str, float], title: str) -> str:
-    """The results table (and IOR/HLR) as Markdown, in percent."""
+def protocol_checks(table: dict[str, dict[str, Any]]) -> list[str]:
+    """Warnings that the protocol itself is not trustworthy, empty when it is.
+
+    A teacher's soft labels carry more than class ids, so on the *same* real images KD must train a student at
+    least as well as hard labels; when random + KD falls below random + hard, the students have not converged
+    (too few steps, or a temperature/learning rate that starves KD) and no comparison under this protocol means
+    anything.
+    """
+    warnings = []
+    hard = table.get("random/hard")
+    for mode in ("online", "stored"):
+        kd = table.get(f"random/{mode}")
+        if hard and kd and kd["final_top1_mean"] < hard["final_top1_mean"]:
+            warnings.append(
+                f"random + {mode} KD ({100 * kd['final_top1_mean']:.2f} %) is below random + hard labels "
+                f"({100 * hard['final_top1_mean']:.2f} %) on the same images: the students have not converged; "
+                "raise --steps (or check --temperature and the teacher) before reading this table"
+            )
+    return warnings
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    return "–" if row is None else f"{100 * row['final_top1_mean']:.2f} ± {100 * row['final_top1_std']:.2f}"
+
+
+def markdown_report(
+    table: dict[str, dict[str, Any]],
+    metrics: dict[str, float],
+    title: str,
+    *,
+    teacher_top1: float | None = None,
+    checks: list[str] | None = None,
+) -> str:
+    """The results as Markdown (percent): one row per set with hard and KD labels side by side, the teacher's
+    own test top-1, then the details (best epoch, budget) and the protocol metrics and self-checks."""
+    sets = list(dict.fromkeys(key.split("/")[0] for key in table))
+    modes = list(dict.fromkeys(key.split("/")[1] for key in table))
     lines = [
         f"# {title}", "",
-        "Top-1 (%) on the full real test split; mean ± std over seeds. *final* = last epoch (headline), "
-        "*best* = best evaluated epoch (secondary).", "",
-        "| set | labels | images | epochs | final top-1 | best top-1 | seeds |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "Top-1 (%) on the full real test split at the end of training, mean ± std over seeds.", "",
+        "| set | images | " + " | ".join(f"{m} labels" for m in modes) + " |",
+        "|---|---:|" + "---:|" * len(modes),
+    ]
+    if teacher_top1 is not None:
+        lines.append(f"| teacher (its own top-1) | – | {100 * teacher_top1:.2f} |" + " |" * (len(modes) - 1))
+    for name in sets:
+        rows = [table.get(f"{name}/{m}") for m in modes]
+        images = next(r["num_images"] for r in rows if r is not None)
+        lines.append(f"| {name} | {images} | " + " | ".join(_cell(r) for r in rows) + " |")
+    lines += [
+        "", "| set | labels | steps | epochs | best evaluated top-1 | seeds |", "|---|---|---:|---:|---:|---|",
     ]
     for key, row in table.items():
         subset, mode = key.split("/")
         lines.append(
-            f"| {subset} | {mode} | {row['num_images']} | {row['epochs']} | "
-            f"{100 * row['final_top1_mean']:.2f} ± {100 * row['final_top1_std']:.2f} | "
+            f"| {subset} | {mode} | {row.get('steps') or '–'} | {row['epochs']} | "
             f"{100 * row['best_top1_mean']:.2f} ± {100 * row['best_top1_std']:.2f} | "
             f"{' '.join(map(str, row['seeds']))} |"
         )
@@ -83,18 +126,20 @@ def markdown_report(table: dict[str, dict[str, Any]], metrics: dict[str, float],
         lines += ["", "| metric | value (points) |", "|---|---:|"]
         lines += [f"| {k} | {100 * v:+.2f} |" for k, v in metrics.items()]
         lines += ["", "IOR = distilled − random real subset (same protocol); HLR = full data − distilled, hard labels."]
+    for warning in checks or []:
+        lines += ["", f"**Protocol check failed:** {warning}"]
     return "\n".join(lines) + "\n"
 
 
 def plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
-    """Mean test top-1 per evaluated epoch for every run group (matplotlib, Agg backend)."""
+    """Mean test top-1 against optimiser steps for every run group: flat ends mean converged students."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, results in runs.items():
-        epochs = [e for e, _ in results[0]["curve"]]
-        means = [statistics.fmean(r["curve"][i][1] for r in results) * 100 for i in range(len(epochs))]
-        ax.plot(epochs, means, marker="o", markersize=3, label=key)
-    ax.set_xlabel("epoch")
+        steps = [s for s, _ in results[0]["curve"]]
+        means = [statistics.fmean(r["curve"][i][1] for r in results) * 100 for i in range(len(steps))]
+        ax.plot(steps, means, marker="o", markersize=3, label=key)
+    ax.set_xlabel("optimiser step")
     ax.set_ylabel("test top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
