@@ -191,7 +191,7 @@ def test_killed_run_resumes_to_the_same_dataset(assets, tmp_path):
 
 
 def test_auto_group_size_is_resolved_and_recorded(assets, tmp_path):
-    from hf_scdd.stages.recover import prepare
+    from hf_scdd.synthesis.setup import prepare
 
     first = prepare(recover_config(assets, tmp_path / "auto", classes_per_batch=2, group_size=0)).config
     second = prepare(recover_config(assets, tmp_path / "auto", classes_per_batch=2, group_size=0)).config

@@ -42,15 +42,29 @@ def sample_recovery_plan(
     random_crop: bool = False,
     crop_scale: tuple[float, float] = (0.08, 1.0),
     crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+    crop_curriculum: bool = False,
 ) -> RecoveryAugmentPlan:
-    """Draw one unit's augmentation for ``iterations`` steps from ``generator`` (CPU)."""
+    """Draw one unit's augmentation for ``iterations`` steps from ``generator`` (CPU).
+
+    With ``crop_curriculum`` (CDA's easy-to-hard schedule) the crop's smallest area share anneals from the
+    whole image at the first step to ``crop_scale[0]`` at the last, along a cosine.
+    """
     height, width = image_size
     shifts = torch.randint(0, jitter + 1, (iterations, 2), generator=generator).tolist()
     plan = RecoveryAugmentPlan(shifts=[(int(a), int(b)) for a, b in shifts])
     if random_crop:
-        plan.boxes = sample_resized_crop_boxes(generator, iterations, height, width, crop_scale, crop_ratio)
+        scale = curriculum_scales(iterations, crop_scale) if crop_curriculum else crop_scale
+        plan.boxes = sample_resized_crop_boxes(generator, iterations, height, width, scale, crop_ratio)
         plan.flips = torch.rand(iterations, generator=generator) < 0.5
     return plan
+
+
+def curriculum_scales(iterations: int, crop_scale: tuple[float, float]) -> tuple[torch.Tensor, float]:
+    """Per-step ``(smallest area share [T], largest)``: cosine from ``crop_scale[1]`` down to ``crop_scale[0]``."""
+    low, high = crop_scale
+    progress = torch.arange(iterations, dtype=torch.float64) / max(1, iterations - 1)
+    lows = low + (high - low) * 0.5 * (1.0 + torch.cos(math.pi * progress))
+    return lows.float(), high
 
 
 def sample_resized_crop_boxes(
@@ -62,9 +76,16 @@ def sample_resized_crop_boxes(
     ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
     attempts: int = 10,
 ) -> torch.Tensor:
-    """``n`` RandomResizedCrop boxes ``(top, left, h, w)`` by torchvision's rule (10 tries, then centre crop)."""
+    """``n`` RandomResizedCrop boxes ``(top, left, h, w)`` by torchvision's rule (10 tries, then centre crop).
+
+    ``scale[0]`` may be a ``[n]`` tensor of per-box lower bounds (the crop curriculum).
+    """
     area = height * width
-    target = torch.empty(n, attempts).uniform_(scale[0], scale[1], generator=generator) * area
+    if torch.is_tensor(scale[0]):
+        unit = torch.empty(n, attempts).uniform_(0.0, 1.0, generator=generator)
+        target = (scale[0][:, None] + unit * (scale[1] - scale[0][:, None])) * area
+    else:
+        target = torch.empty(n, attempts).uniform_(scale[0], scale[1], generator=generator) * area
     log_ratio = torch.empty(n, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
     aspect = log_ratio.exp()
     w = (target * aspect).sqrt().round()

@@ -34,7 +34,9 @@ from ..utils import atomic_path, atomic_save_safetensors
 DATA_DIR = "data"
 SOFT_LABELS_DIR = "soft_labels"
 UNITS_DIR = "units"
-WORKING_DIRS = (UNITS_DIR, "logs", "checkpoints")
+INPUTS_DIR = "inputs"
+"""Working folder of a recovery run's selected starting images and measured BN targets."""
+WORKING_DIRS = (UNITS_DIR, INPUTS_DIR, "logs", "checkpoints")
 IMAGE_FORMATS = ("png", "jpeg")
 JPEG_QUALITY = 75  # PIL's default, what the reference saved with
 

@@ -7,31 +7,33 @@ the BN running statistics (the objective: :func:`hf_scdd.losses.bn_matching.grou
 optimisation: :mod:`hf_scdd.synthesis.engine`). Units are seeded from ``(seed, ipc, chunk)`` only and
 ``accelerate launch --num_processes N -m hf_scdd recover ...`` splits fixed groups of them between ranks, so
 the images do not depend on the process count; each finished unit is written atomically to ``units/`` and a
-rerun skips it; a changed config in the same folder is refused. The output is a ``load_dataset``-ready folder
+rerun skips it; a changed config in the same folder is refused.
+
+``--method scdd`` (default) is SC-DD exactly: N(0, 1) noise refined against the model's running statistics.
+``--method hf_scdd`` is this library's: real starting images chosen per class (``--selection kmeans`` on the
+recovery model's features, :mod:`hf_scdd.synthesis.selection`) refined with a small learning rate against BN
+statistics measured on clean training images (``--bn_targets clean``, optionally ``--class_bn_weight``); every
+field it sets can be given explicitly instead. The output is a ``load_dataset``-ready folder
 (:mod:`hf_scdd.formats.distilled_set`) with its card.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-
 from ..configs import ConfigError, StageConfig, check_or_write_config
-from ..data.loading import load_image_dataset
-from ..formats.distilled_set import IMAGE_FORMATS, gather_units, load_unit, write_grid, write_shards
-from ..hub.cards import DistilledSetCardData, source_dataset_terms, write_dataset_card
+from ..formats.distilled_set import IMAGE_FORMATS, gather_units, write_grid, write_shards
+from ..hub.cards import write_dataset_card
 from ..hub.push import push_distilled
 from ..models.loading import load_backbone
-from ..synthesis.engine import SynthesisSpec, auto_group_size, check_recovery_model, recover_units
-from ..synthesis.presets import resolve_presets
-from ..synthesis.units import Unit, make_groups, plan_units
+from ..synthesis.engine import SynthesisSpec, recover_units
+from ..synthesis.inputs import recovery_inputs
+from ..synthesis.selection import SELECTIONS
+from ..synthesis.setup import card_data, prepare
+from ..synthesis.units import make_groups
 from ..training.accelerator import Precision, check_cpu_launch, finish_trackers, make_accelerator, stage_device
-from ..utils import resolve_hub_revision, use_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,31 @@ class RecoverConfig(StageConfig):
         metadata={"help": "Default hyper-parameters: auto (from dataset name and image size), small, cifar, "
                   "tiny or imagenet."},
     )
-    iterations: int | None = field(default=None, metadata={"help": "Adam steps per batch (preset default)."})
+    method: str = field(
+        default="scdd",
+        metadata={"help": "'scdd' (SC-DD exactly: noise init, the running statistics) or 'hf_scdd' (this library's: "
+                  "selected real images refined against clean-image statistics); sets the fields below when unset."},
+    )
+    init: str | None = field(default=None, metadata={"help": "Starting images: 'noise' (SC-DD) or 'real'."})
+    selection: str | None = field(
+        default=None, metadata={"help": "Real starting images: random, kmeans, herding or confident (per class)."}
+    )
+    selection_model: str | None = field(
+        default=None, metadata={"help": "Observer whose features choose the real images (default: --backbone)."}
+    )
+    selection_pool: int = field(default=0, metadata={"help": "Seeded candidates per class to choose from (0 = all)."})
+    bn_targets: str | None = field(
+        default=None,
+        metadata={"help": "'running' (SC-DD: the model's running statistics) or 'clean' (measured on clean "
+                  "training images)."},
+    )
+    class_bn_weight: float | None = field(
+        default=None, metadata={"help": "Weight in [0, 1] of the class-conditional BN term (needs clean targets)."}
+    )
+    bn_target_samples: int = field(default=10000, metadata={"help": "Training images the clean targets are measured on."})
+    iterations: int | None = field(
+        default=None, metadata={"help": "Adam steps per batch (preset default); 0 keeps real starting images as they are."}
+    )
     lr: float | None = field(default=None, metadata={"help": "Adam learning rate, cosine to 0 (preset default)."})
     r_bn: float | None = field(default=None, metadata={"help": "Weight of the BN-matching term (preset default)."})
     first_bn_multiplier: float = field(default=10.0, metadata={"help": "Weight of the first BN layer's term."})
@@ -70,6 +96,9 @@ class RecoverConfig(StageConfig):
                   "data only)."},
     )
     crop_scale_min: float = field(default=0.08, metadata={"help": "Lower scale bound of the random crop."})
+    crop_curriculum: bool | None = field(
+        default=None, metadata={"help": "CDA's easy-to-hard crops: the smallest crop shrinks from 1 to crop_scale_min."}
+    )
     image_size: int | None = field(
         default=None, metadata={"help": "Side of the synthesised images (default: the backbone's image_size)."}
     )
@@ -100,7 +129,14 @@ def validate_config(config: RecoverConfig) -> None:
         (config.seed >= 0, f"--seed must be >= 0 (got {config.seed})"),
         (config.classes_per_batch is None or config.classes_per_batch >= 0,
          f"--classes_per_batch must be >= 0 (0 = all classes), got {config.classes_per_batch}"),
-        (config.iterations is None or config.iterations >= 1, f"--iterations must be >= 1, got {config.iterations}"),
+        (config.iterations is None or config.iterations >= 0, f"--iterations must be >= 0, got {config.iterations}"),
+        (config.init in (None, "noise", "real"), f"--init must be noise or real, got {config.init!r}"),
+        (config.selection in (None, *SELECTIONS), f"--selection must be one of {SELECTIONS}, got {config.selection!r}"),
+        (config.bn_targets in (None, "running", "clean"), f"--bn_targets must be running or clean, got {config.bn_targets!r}"),
+        (config.class_bn_weight is None or 0 <= config.class_bn_weight <= 1,
+         f"--class_bn_weight must be in [0, 1], got {config.class_bn_weight}"),
+        (config.selection_pool >= 0, f"--selection_pool must be >= 0 (0 = all), got {config.selection_pool}"),
+        (config.bn_target_samples >= 1, f"--bn_target_samples must be >= 1, got {config.bn_target_samples}"),
         (config.lr is None or config.lr > 0, f"--lr must be > 0, got {config.lr}"),
         (config.r_bn is None or config.r_bn >= 0, f"--r_bn must be >= 0, got {config.r_bn}"),
         (config.jitter is None or config.jitter >= 0, f"--jitter must be >= 0, got {config.jitter}"),
@@ -115,54 +151,10 @@ def validate_config(config: RecoverConfig) -> None:
             raise ConfigError(message)
 
 
-@dataclass
-class RecoverContext:
-    """What ``main`` resolves before writing anything: the backbone, the classes and the final config."""
-
-    config: RecoverConfig
-    model: nn.Module
-    class_names: list[str]
-    dataset_name: str
-    channels: int
-    mean: list[float]
-    std: list[float]
-    backbone_revision: str | None
-    units: list[Unit]
-
-
-def prepare(config: RecoverConfig) -> RecoverContext:
-    """Validate the config, load the backbone and the class names, plan the units. Writes nothing."""
-    validate_config(config)
-    revision = resolve_hub_revision(config.backbone, config.backbone_revision)
-    model = load_backbone(config.backbone, revision=revision)
-    channels = int(getattr(model, "in_channels", 3))
-    image_size = int(config.image_size or getattr(model, "image_size", 0) or 0) or None
-    mean, std = getattr(model, "mean", None), getattr(model, "std", None)
-    data = load_image_dataset(
-        config.dataset, image_column=config.image_column, label_column=config.label_column, channels=channels,
-        image_size=image_size, mean=mean, std=std,
-    )
-    check_recovery_model(model, config.backbone, data.num_classes)
-    backbone_names = getattr(model, "class_names", None)
-    if backbone_names and list(backbone_names) != data.class_names:
-        logger.warning("backbone class names %s differ from the dataset's %s; using the dataset's",
-                       list(backbone_names)[:5], data.class_names[:5])
-    config = resolve_presets(config, data.name, image_size or data.image_size)
-    units = plan_units(data.num_classes, config.ipc, config.classes_per_batch, config.seed)
-    model.eval().requires_grad_(False)
-    if config.group_size == 0:
-        device_type = "cuda" if torch.cuda.is_available() and not use_cpu(config.cpu) else "cpu"
-        group_size = auto_group_size(model, units, channels, config.image_size, device_type, config.max_group_size)
-        config = replace(config, group_size=group_size)
-    return RecoverContext(
-        config=config, model=model, class_names=data.class_names, dataset_name=data.name, channels=channels,
-        mean=list(mean), std=list(std), backbone_revision=revision, units=units,
-    )
-
-
 def main(config: RecoverConfig) -> Path:
     """Run the recover stage (any number of processes); returns the output folder."""
     check_cpu_launch(config.cpu)
+    validate_config(config)
     context = prepare(config)
     config = context.config
     out = Path(config.output_dir)
@@ -172,7 +164,11 @@ def main(config: RecoverConfig) -> Path:
         out, cpu=config.cpu, report_to=config.report_to, run_name="recover", config=config.to_dict(),
     )
     model = context.model.to(accelerator.device)
-    spec = SynthesisSpec.from_config(config, context.channels, context.mean, context.std)
+    observer = load_backbone(config.selection_model).to(accelerator.device) if config.selection_model else model
+    targets, init_images = recovery_inputs(accelerator, config, model, context.data, out, observer=observer,
+                                           precision=precision)
+    spec = SynthesisSpec.from_config(config, context.channels, context.mean, context.std, targets=targets,
+                                     init_images=init_images)
     recover_units(accelerator, model, make_groups(context.units, config.group_size), spec, out,
                   precision=precision, log_every=config.log_every)
 
@@ -186,20 +182,3 @@ def main(config: RecoverConfig) -> Path:
         logger.info("pushed %s to %s", out, push_distilled(out, config.push_to_hub))
     finish_trackers(accelerator)
     return out
-
-
-def card_data(context: RecoverContext, num_shards: int) -> DistilledSetCardData:
-    """What the dataset card records: contents, provenance, final loss terms, the source's licence."""
-    from .. import __version__
-
-    config = context.config
-    license_, citation = source_dataset_terms(context.dataset_name)
-    finals = [load_unit(config.output_dir, u)[1] for u in context.units]
-    return DistilledSetCardData(
-        **{k: getattr(config, k) for k in ("ipc", "image_format", "image_size", "backbone", "seed")},
-        class_names=context.class_names, num_images=sum(len(u.classes) for u in context.units),
-        channels=context.channels, source_dataset=context.dataset_name, backbone_revision=context.backbone_revision,
-        recover_config=config.result_fields(), hf_scdd_version=__version__, num_shards=num_shards,
-        final_ce=float(np.mean([float(m["ce"]) for m in finals])), final_bn=float(np.mean([float(m["bn"]) for m in finals])),
-        license=license_, citation=citation,
-    )

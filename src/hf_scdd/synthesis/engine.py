@@ -29,7 +29,8 @@ from torch import nn
 from ..augment.recovery import apply_recovery_augmentation, boxes_to_corners, sample_recovery_plan
 from ..errors import BackboneError
 from ..formats.distilled_set import save_unit, unit_path
-from ..losses.bn_matching import BNStatsRecorder, bn_layers, grouped_recovery_loss
+from ..data.tensors import normalize
+from ..losses.bn_matching import BNStatsRecorder, BNTargets, bn_layers, grouped_recovery_loss
 from ..training.accelerator import Precision
 from ..utils import total_memory
 from .units import Unit
@@ -56,16 +57,42 @@ class SynthesisSpec:
     mean: Sequence[float]
     std: Sequence[float]
     image_format: str = "png"
+    crop_curriculum: bool = False
+    class_bn_weight: float = 0.0
+    targets: BNTargets | None = None
+    """BN targets (None: the model's running statistics, SC-DD's)."""
+    init_images: torch.Tensor | None = None
+    """uint8 ``[K, IPC, C, H, W]`` starting images per class and IPC index (None: N(0, 1) noise, SC-DD's)."""
 
     @classmethod
-    def from_config(cls, config: Any, channels: int, mean: Sequence[float], std: Sequence[float]) -> SynthesisSpec:
-        """The spec of a resolved ``RecoverConfig`` (presets filled in) for a model's channels and normalisation."""
+    def from_config(
+        cls,
+        config: Any,
+        channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        targets: BNTargets | None = None,
+        init_images: torch.Tensor | None = None,
+    ) -> SynthesisSpec:
+        """The spec of a resolved ``RecoverConfig`` (presets filled in) for a model's channels and normalisation,
+        with the measured BN targets and the selected real starting images when the config asks for them."""
         return cls(
             iterations=config.iterations, lr=config.lr, r_bn=config.r_bn,
             first_bn_multiplier=config.first_bn_multiplier, jitter=config.jitter,
             random_crop=bool(config.random_crop), crop_scale_min=config.crop_scale_min, channels=channels,
             image_size=config.image_size, mean=list(mean), std=list(std), image_format=config.image_format,
+            crop_curriculum=bool(config.crop_curriculum), class_bn_weight=float(config.class_bn_weight),
+            targets=targets, init_images=init_images,
         )
+
+    def initial_images(self, unit: Unit, generator: torch.Generator) -> torch.Tensor:
+        """A unit's normalised starting batch ``[B, C, H, W]``: its classes' selected real images at its IPC
+        index, or N(0, 1) noise drawn first from the unit's generator."""
+        batch, size = len(unit.classes), self.image_size
+        if self.init_images is None:
+            return torch.randn(batch, self.channels, size, size, generator=generator)
+        return normalize(self.init_images[list(unit.classes), unit.ipc], self.mean, self.std)
 
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -91,15 +118,15 @@ def synthesize_group(
     batch = len(units[0].classes)
     if any(len(u.classes) != batch for u in units):
         raise ValueError("units stacked in one group must have the same number of classes")
-    size, channels, steps = spec.image_size, spec.channels, spec.iterations
+    size, steps = spec.image_size, spec.iterations
     inits, plans = [], []
     for unit in units:
         generator = torch.Generator().manual_seed(unit.seed)
-        inits.append(torch.randn(batch, channels, size, size, generator=generator))
+        inits.append(spec.initial_images(unit, generator))
         plans.append(
             sample_recovery_plan(
                 generator, steps, (size, size), jitter=spec.jitter, random_crop=spec.random_crop,
-                crop_scale=(spec.crop_scale_min, 1.0),
+                crop_scale=(spec.crop_scale_min, 1.0), crop_curriculum=spec.crop_curriculum,
             )
         )
     device = torch.device(device)
@@ -115,7 +142,8 @@ def synthesize_group(
     low, high = (0.0 - mean) / std, (1.0 - mean) / std
     optimizer = torch.optim.Adam([x], lr=spec.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
     ce = bn = torch.zeros(len(units), device=device)
-    with BNStatsRecorder(model, groups=len(units), first_bn_multiplier=spec.first_bn_multiplier) as recorder:
+    with BNStatsRecorder(model, groups=len(units), first_bn_multiplier=spec.first_bn_multiplier,
+                         targets=spec.targets, class_weight=spec.class_bn_weight) as recorder:
         for step in range(steps):
             optimizer.param_groups[0]["lr"] = spec.lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
             augmented = apply_recovery_augmentation(x, step, shifts, corners, flips)
@@ -130,6 +158,12 @@ def synthesize_group(
                 x.clamp_(min=low, max=high)
             if on_step is not None:
                 on_step(step, ce.detach(), bn.detach())
+        if steps == 0:  # selected real images kept as they are: report what the objective says of them
+            with torch.no_grad():
+                _, ce, bn = grouped_recovery_loss(
+                    model, x.flatten(0, 1), labels, groups=len(units), r_bn=spec.r_bn,
+                    first_bn_multiplier=spec.first_bn_multiplier, precision=precision, recorder=recorder,
+                )
         recorder.clear()
     return x.detach(), ce.detach(), bn.detach()
 

@@ -27,6 +27,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Recovery methods: what recovery starts from and matches, on top of the dataset preset's hyper-parameters.
+# "scdd" is SC-DD exactly (noise, the model's running statistics). "hf_scdd" is this library's method, chosen by
+# student accuracy against a random real subset (benchmarks/recover_sweep.py, benchmarks/RESULTS.md): real
+# starting images chosen by k-means on the recovery model's features, refined against BN statistics measured
+# on clean training images with a small learning rate, so that the images stay real images.
+METHODS: dict[str, dict[str, Any]] = {
+    "scdd": dict(init="noise", selection="random", bn_targets="running", class_bn_weight=0.0, crop_curriculum=False),
+    "hf_scdd": dict(init="real", selection="kmeans", bn_targets="clean", class_bn_weight=0.0, crop_curriculum=False,
+                    iterations=200, lr=0.05, r_bn=0.01),
+}
+
+
 def choose_preset(config: Any, dataset_name: str, image_size: int) -> str:
     """The preset named by ``config.preset``, or for ``auto`` the one matching the dataset."""
     if config.preset != "auto":
@@ -41,7 +53,11 @@ def choose_preset(config: Any, dataset_name: str, image_size: int) -> str:
 
 
 def resolve_presets(config: T, dataset_name: str, image_size: int) -> T:
-    """Fill unset hyper-parameters from the preset (recorded in config.json, so reruns compare values)."""
+    """Fill unset hyper-parameters from the method, then from the dataset preset (an explicit value wins over
+    both); recorded in config.json, so reruns compare values, not preset names."""
+    if config.method not in METHODS:
+        raise ConfigError(f"unknown --method {config.method!r}; choose one of {sorted(METHODS)}")
     preset = choose_preset(config, dataset_name, image_size)
-    values = {k: v for k, v in PRESETS[preset].items() if getattr(config, k) is None}
+    defaults = {**PRESETS[preset], **METHODS[config.method]}
+    values = {k: v for k, v in defaults.items() if getattr(config, k) is None}
     return replace(config, preset=preset, image_size=image_size, **values)

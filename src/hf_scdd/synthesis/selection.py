@@ -1,0 +1,160 @@
+"""Selecting real starting images per class: recovery that refines real images instead of noise.
+
+SC-DD starts every synthetic image from N(0, 1) noise. The strongest lever measured on small data is to start
+from real images of the class instead (SRe²L++ / EDC / RDED / DELT) and to *choose* them: a random draw of 10
+images per class varies by several points of student top-1 from draw to draw, and a draw that covers the
+class's modes trains better students than one that repeats its most typical image. The choices:
+
+* ``random``: a seeded uniform draw (the random-real-subset baseline, refined or not);
+* ``kmeans``: per class, k-means (cosine, k-means++ seeding) with k = IPC on an observer's pooled features,
+  and the real image nearest each centroid (a medoid): coverage of the class's modes, largest cluster first;
+* ``herding``: greedy herding of the class mean in feature space (each pick brings the running mean closest
+  to the class mean);
+* ``confident``: the images the observer classifies most confidently (lowest cross-entropy): RDED's
+  "most realistic" criterion, kept for comparison.
+
+Features come from the observer's ``forward_features`` (its pooled penultimate layer) when it has one, else
+from its logits. A self-supervised observer's features group images by appearance rather than by the label
+alone, which is what k-means needs to find the modes (benchmarks/RESULTS.md compares observers). Every draw
+is seeded by ``(seed, class)``, so the selection is the same on any process count and on reruns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.tensors import normalize
+from ..errors import ConfigError
+from ..training.accelerator import Precision, autocast_of
+
+SELECTIONS = ("random", "kmeans", "herding", "confident")
+
+
+def class_seed(seed: int, label: int) -> int:
+    """A well-mixed seed that depends on ``(seed, label)`` only."""
+    state = np.random.SeedSequence([seed, 7_919, label]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+@torch.no_grad()
+def observer_outputs(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    features: bool,
+    precision: Precision | None = None,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """float32 pooled features (``features``; logits for models without ``forward_features``) or logits of
+    uint8 ``images``, normalised with the model's own statistics, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    forward = getattr(model, "forward_features", None) if features else None
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start : start + batch_size].to(device), model.mean, model.std)
+        with autocast_of(precision):
+            out = forward(x) if forward is not None else model(x)
+        outputs.append((out.logits if hasattr(out, "logits") else out).float().cpu())
+    return torch.cat(outputs)
+
+
+def kmeans_medoids(features: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 30) -> torch.Tensor:
+    """Indices of the ``k`` points nearest the centroids of a cosine k-means (k-means++ seeding), one per
+    centroid and all distinct, ordered by cluster size (largest first)."""
+    x = F.normalize(features.double(), dim=1)
+    n = len(x)
+    centres = [x[int(torch.randint(n, (1,), generator=generator))]]
+    distance = (2 - 2 * x @ centres[0]).clamp_min(0)
+    for _ in range(1, k):
+        pick = int(torch.multinomial(distance.float() + 1e-12, 1, generator=generator))
+        centres.append(x[pick])
+        distance = torch.minimum(distance, (2 - 2 * x @ x[pick]).clamp_min(0))
+    c = torch.stack(centres)
+    for _ in range(iterations):
+        assign = (x @ c.T).argmax(dim=1)
+        for j in range(k):
+            members = assign == j
+            if members.any():
+                c[j] = F.normalize(x[members].mean(dim=0), dim=0)
+    assign = (x @ c.T).argmax(dim=1)
+    sizes = torch.bincount(assign, minlength=k)
+    similarity = x @ c.T
+    chosen: list[int] = []
+    for j in sorted(range(k), key=lambda j: (-int(sizes[j]), j)):
+        for i in similarity[:, j].argsort(descending=True).tolist():
+            if i not in chosen:
+                chosen.append(i)
+                break
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def herding(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy herding: each pick makes the mean of the picks so far closest to the class mean."""
+    x = F.normalize(features.double(), dim=1)
+    target, total, chosen = x.mean(dim=0), torch.zeros_like(x[0]), []
+    for t in range(1, k + 1):
+        gap = ((total + x) / t - target).norm(dim=1)
+        if chosen:
+            gap[torch.tensor(chosen)] = float("inf")
+        pick = int(gap.argmin())
+        chosen.append(pick)
+        total += x[pick]
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def select_real_images(
+    observer: nn.Module | None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    num_classes: int,
+    ipc: int,
+    how: str,
+    seed: int,
+    pool: int = 0,
+    precision: Precision | None = None,
+) -> torch.Tensor:
+    """``[K, IPC]`` indices into ``images`` (uint8 [N, C, H, W]): IPC real images of every class chosen by
+    ``how`` (see the module docstring) among a seeded pool of ``pool`` candidates per class (0 = all)."""
+    if how not in SELECTIONS:
+        raise ConfigError(f"--selection must be one of {SELECTIONS}, got {how!r}")
+    if how != "random" and observer is None:
+        raise ConfigError(f"--selection {how} needs an observer model (the recovery model or --selection_model)")
+    chosen = []
+    for label in range(num_classes):
+        candidates = torch.nonzero(labels == label).flatten()
+        if len(candidates) < ipc:
+            raise ConfigError(
+                f"class {label} has {len(candidates)} training images, fewer than --ipc {ipc}: real-image "
+                "initialisation needs at least IPC images per class (use --init noise, or a smaller --ipc)"
+            )
+        generator = torch.Generator().manual_seed(class_seed(seed, label))
+        candidates = candidates[torch.randperm(len(candidates), generator=generator)]
+        if pool:
+            candidates = candidates[: max(pool, ipc)]
+        chosen.append(candidates[_pick(observer, images[candidates], label, ipc, how, generator, precision)])
+    return torch.stack(chosen)
+
+
+def _pick(
+    observer: nn.Module | None,
+    candidates: torch.Tensor,
+    label: int,
+    ipc: int,
+    how: str,
+    generator: torch.Generator,
+    precision: Precision | None,
+) -> torch.Tensor:
+    """Positions (into ``candidates``, already in seeded random order) of the IPC chosen ones."""
+    if how == "random":
+        return torch.arange(ipc)
+    if how == "confident":
+        logits = observer_outputs(observer, candidates, features=False, precision=precision)
+        loss = F.cross_entropy(logits, torch.full((len(logits),), label), reduction="none")
+        return loss.argsort(stable=True)[:ipc]
+    features = observer_outputs(observer, candidates, features=True, precision=precision)
+    return kmeans_medoids(features, ipc, generator) if how == "kmeans" else herding(features, ipc)

@@ -1,0 +1,101 @@
+"""Resolving a recovery run before anything is written: the backbone, the data, the filled-in config, the units.
+
+``hf-scdd recover`` (:mod:`hf_scdd.stages.recover`) validates its flags, then :func:`prepare` loads the recovery
+model and the dataset (for the class names, the real starting images and the clean BN targets), fills the
+unset fields from the method and the dataset preset (:mod:`hf_scdd.synthesis.presets`), refuses combinations
+that only show once resolved, plans the units and picks the group size. :func:`card_data` is what the dataset
+card records about the finished run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.loading import ImageData, load_image_dataset
+from ..errors import ConfigError
+from ..formats.distilled_set import load_unit
+from ..hub.cards import DistilledSetCardData, source_dataset_terms
+from ..models.loading import load_backbone
+from ..utils import resolve_hub_revision, use_cpu
+from .engine import auto_group_size, check_recovery_model
+from .presets import resolve_presets
+from .units import Unit, plan_units
+
+logger = logging.getLogger(__name__)
+
+
+def check_resolved(config: Any) -> None:
+    """Refuse combinations that only show once the method and preset have filled the unset fields."""
+    if config.iterations == 0 and config.init != "real":
+        raise ConfigError("--iterations 0 keeps the starting images as they are: it needs --init real")
+    if config.class_bn_weight and config.bn_targets != "clean":
+        raise ConfigError("--class_bn_weight needs class statistics: pass --bn_targets clean")
+
+
+@dataclass
+class RecoverContext:
+    """What ``main`` resolves before writing anything: the backbone, the classes and the final config."""
+
+    config: Any
+    model: nn.Module
+    class_names: list[str]
+    dataset_name: str
+    channels: int
+    mean: list[float]
+    std: list[float]
+    backbone_revision: str | None
+    units: list[Unit]
+    data: ImageData
+
+
+def prepare(config: Any) -> RecoverContext:
+    """Load the backbone and the class names, plan the units. Writes nothing."""
+    revision = resolve_hub_revision(config.backbone, config.backbone_revision)
+    model = load_backbone(config.backbone, revision=revision)
+    channels = int(getattr(model, "in_channels", 3))
+    image_size = int(config.image_size or getattr(model, "image_size", 0) or 0) or None
+    mean, std = getattr(model, "mean", None), getattr(model, "std", None)
+    data = load_image_dataset(
+        config.dataset, image_column=config.image_column, label_column=config.label_column, channels=channels,
+        image_size=image_size, mean=mean, std=std,
+    )
+    check_recovery_model(model, config.backbone, data.num_classes)
+    backbone_names = getattr(model, "class_names", None)
+    if backbone_names and list(backbone_names) != data.class_names:
+        logger.warning("backbone class names %s differ from the dataset's %s; using the dataset's",
+                       list(backbone_names)[:5], data.class_names[:5])
+    config = resolve_presets(config, data.name, image_size or data.image_size)
+    check_resolved(config)
+    units = plan_units(data.num_classes, config.ipc, config.classes_per_batch, config.seed)
+    model.eval().requires_grad_(False)
+    if config.group_size == 0:
+        device_type = "cuda" if torch.cuda.is_available() and not use_cpu(config.cpu) else "cpu"
+        group_size = auto_group_size(model, units, channels, config.image_size, device_type, config.max_group_size)
+        config = replace(config, group_size=group_size)
+    return RecoverContext(
+        config=config, model=model, class_names=data.class_names, dataset_name=data.name, channels=channels,
+        mean=list(mean), std=list(std), backbone_revision=revision, units=units, data=data,
+    )
+
+
+def card_data(context: RecoverContext, num_shards: int) -> DistilledSetCardData:
+    """What the dataset card records: contents, provenance, final loss terms, the source's licence."""
+    from .. import __version__
+
+    config = context.config
+    license_, citation = source_dataset_terms(context.dataset_name)
+    finals = [load_unit(config.output_dir, u)[1] for u in context.units]
+    return DistilledSetCardData(
+        **{k: getattr(config, k) for k in ("ipc", "image_format", "image_size", "backbone", "seed")},
+        class_names=context.class_names, num_images=sum(len(u.classes) for u in context.units),
+        channels=context.channels, source_dataset=context.dataset_name, backbone_revision=context.backbone_revision,
+        recover_config=config.result_fields(), hf_scdd_version=__version__, num_shards=num_shards,
+        final_ce=float(np.mean([float(m["ce"]) for m in finals])), final_bn=float(np.mean([float(m["bn"]) for m in finals])),
+        license=license_, citation=citation,
+    )

@@ -1,0 +1,222 @@
+"""Recovery beyond SC-DD: measured BN targets, the class-conditional term, real starting images and their
+selection, the crop curriculum, and the recover stage's method presets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers import bn_backbone, write_random_dataset
+from hf_scdd.augment.recovery import curriculum_scales, sample_recovery_plan
+from hf_scdd.configs import ConfigError, config_from_dict
+from hf_scdd.data.tensors import normalize
+from hf_scdd.losses.bn_matching import BNStatsRecorder, BNTargets, bn_layers, grouped_recovery_loss, measure_bn_targets
+from hf_scdd.stages.recover import RecoverConfig, main
+from hf_scdd.synthesis.selection import herding, kmeans_medoids, select_real_images
+
+CLASSES = ["zero", "one", "two", "three"]
+SIZE = 16
+
+
+class TwoBN(nn.Module):
+    """conv → BN → conv → BN → pooled linear head: small enough to check statistics by hand."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.b1 = nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.c2, self.b2 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+        self.mean, self.std = [0.0], [1.0]
+
+    def forward(self, x):
+        x = torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def layer_inputs(model: TwoBN, x: torch.Tensor) -> list[torch.Tensor]:
+    first = model.c1(x)
+    return [first, model.c2(torch.relu(model.b1(first)))]
+
+
+def test_measured_targets_are_the_clean_images_statistics():
+    model = TwoBN().eval()
+    x, y = torch.randn(12, 1, 6, 6), torch.tensor([0, 1] * 6)
+    targets = measure_bn_targets(model, [(x[:5], y[:5]), (x[5:], y[5:])], num_classes=2)  # two batches
+    with torch.no_grad():
+        inputs = layer_inputs(model, x)
+    for layer, a in enumerate(inputs):
+        var, mean = torch.var_mean(a, dim=(0, 2, 3), correction=0)
+        torch.testing.assert_close(targets.mean[layer], mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(targets.var[layer], var, rtol=1e-4, atol=1e-5)
+        image_var, image_mean = torch.var_mean(a.flatten(2), dim=2, correction=0)
+        for c in (0, 1):
+            torch.testing.assert_close(targets.class_mean[layer][c], image_mean[y == c].mean(0), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(targets.class_var[layer][c], image_var[y == c].mean(0), rtol=1e-4, atol=1e-5)
+    again = BNTargets.from_tensors(targets.tensors(), "clean")  # the safetensors round trip keeps layer order
+    assert all(torch.equal(a, b) for a, b in zip(again.class_var, targets.class_var))
+
+
+def test_class_conditional_term_matches_a_direct_computation():
+    model = TwoBN().eval()
+    clean = measure_bn_targets(model, [(torch.randn(20, 1, 6, 6) + 0.5, torch.tensor([0, 1] * 10))], num_classes=2)
+    x = torch.randn(2, 4, 1, 6, 6, requires_grad=True)  # two groups of four images
+    y = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    alpha, weights = 0.3, torch.tensor([10.0, 1.0])
+    loss, ce, bn = grouped_recovery_loss(model, x.flatten(0, 1), y, groups=2, r_bn=0.2, targets=clean,
+                                         class_weight=alpha)
+    inputs = layer_inputs(model, x.flatten(0, 1))
+    for g in range(2):
+        rows = slice(4 * g, 4 * g + 4)
+        expected = 0.0
+        for layer, a in enumerate(inputs):
+            part = a[rows]
+            var, mean = torch.var_mean(part, dim=(0, 2, 3), correction=0)
+            glob = (mean - clean.mean[layer]).norm() + (var - clean.var[layer]).norm()
+            image_var, image_mean = torch.var_mean(part.flatten(2), dim=2, correction=0)
+            labels = y[rows]
+            per_image = ((image_mean - clean.class_mean[layer][labels]).norm(dim=1)
+                         + (image_var - clean.class_var[layer][labels]).norm(dim=1)).mean()
+            expected = expected + weights[layer] * ((1 - alpha) * glob + alpha * per_image)
+        torch.testing.assert_close(bn[g], expected, rtol=1e-4, atol=1e-4)
+    loss.backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_running_targets_are_the_default_and_a_class_term_needs_class_targets():
+    model = TwoBN().eval()
+    x, y = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 0, 1])
+    default = grouped_recovery_loss(model, x, y, groups=1, r_bn=0.1)
+    explicit = grouped_recovery_loss(model, x, y, groups=1, r_bn=0.1, targets=BNTargets.running(bn_layers(model)))
+    assert torch.equal(default[0], explicit[0])
+    with pytest.raises(Exception, match="class targets"):
+        BNStatsRecorder(model, targets=BNTargets.running(bn_layers(model)), class_weight=0.5)
+
+
+def test_kmeans_medoids_cover_the_modes_and_herding_tracks_the_mean():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    points = torch.cat([c + 0.05 * torch.randn(30, 3, generator=generator) for c in centres])
+    picks = kmeans_medoids(points, 3, torch.Generator().manual_seed(1))
+    assert sorted(int(i) // 30 for i in picks) == [0, 1, 2]  # one medoid in each cluster
+    again = kmeans_medoids(points, 3, torch.Generator().manual_seed(1))
+    assert torch.equal(picks, again)
+    herded = herding(points, 3)
+    assert len(set(herded.tolist())) == 3
+    chosen_mean = F.normalize(points[herded], dim=1).mean(0)
+    assert (chosen_mean - F.normalize(points, dim=1).mean(0)).norm() < 0.2
+
+
+def test_selection_picks_distinct_images_of_each_class_reproducibly():
+    images = torch.randint(0, 255, (40, 1, 16, 16), dtype=torch.uint8)
+    labels = torch.arange(40) % 4
+    observer = bn_backbone(class_names=CLASSES).eval()
+    for how in ("random", "kmeans", "herding", "confident"):
+        chosen = select_real_images(observer, images, labels, num_classes=4, ipc=3, how=how, seed=5)
+        assert chosen.shape == (4, 3)
+        for c in range(4):
+            assert (labels[chosen[c]] == c).all() and len(set(chosen[c].tolist())) == 3
+        assert torch.equal(chosen, select_real_images(observer, images, labels, num_classes=4, ipc=3, how=how, seed=5))
+    with torch.no_grad():
+        logits = observer(normalize(images, observer.mean, observer.std))
+    confident = select_real_images(observer, images, labels, num_classes=4, ipc=2, how="confident", seed=5)
+    for c in range(4):
+        members = torch.nonzero(labels == c).flatten()
+        losses = F.cross_entropy(logits[members], torch.full((len(members),), c), reduction="none")
+        best = set(members[losses.argsort()[:2]].tolist())
+        assert set(confident[c].tolist()) == best
+    with pytest.raises(ConfigError, match="fewer than --ipc"):
+        select_real_images(observer, images, labels, num_classes=4, ipc=11, how="random", seed=0)
+
+
+def test_crop_curriculum_anneals_from_whole_image_to_the_smallest_scale():
+    lows, high = curriculum_scales(50, (0.2, 1.0))
+    assert float(lows[0]) == pytest.approx(1.0) and float(lows[-1]) == pytest.approx(0.2)
+    assert bool((lows[1:] <= lows[:-1]).all()) and high == 1.0
+    plan = sample_recovery_plan(torch.Generator().manual_seed(0), 50, (32, 32), jitter=2, random_crop=True,
+                                crop_scale=(0.2, 1.0), crop_curriculum=True)
+    areas = plan.boxes[:, 2] * plan.boxes[:, 3] / (32 * 32)
+    assert float(areas[:5].min()) > 0.9 and float(areas[-10:].mean()) < float(areas[:10].mean())
+
+
+# --------------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("options")
+    bn_backbone(class_names=CLASSES).save_pretrained(root / "backbone")
+    write_random_dataset(root / "data", CLASSES, SIZE)
+    return root
+
+
+def run(assets, out, **values):
+    base = dict(backbone=str(assets / "backbone"), dataset=str(assets / "data"), output_dir=str(out), ipc=2,
+                cpu=True, mixed_precision="no", report_to="none", group_size=2, seed=3)
+    return main(config_from_dict(RecoverConfig, {**base, **values}))
+
+
+def distilled_pixels(folder) -> tuple[np.ndarray, list[int]]:
+    import datasets
+
+    ds = datasets.load_dataset(str(folder), split="train")
+    return np.stack([np.asarray(im) for im in ds["image"]]), ds["label"]
+
+
+def test_selected_real_images_are_written_unchanged_with_zero_iterations(assets, tmp_path):
+    from hf_scdd.data.loading import load_image_dataset
+    from safetensors.torch import load_file
+
+    out = run(assets, tmp_path / "sel", init="real", selection="kmeans", iterations=0)
+    pixels, labels = distilled_pixels(out)
+    inputs = load_file(str(out / "inputs" / "init_images.safetensors"))
+    train = load_image_dataset(str(assets / "data")).tensors("train")[0]
+    for row, (image, label) in enumerate(zip(pixels, labels)):
+        index = inputs["train_indices"][label, row // 4]  # rows: IPC index major, then class
+        assert np.array_equal(image, train[index, 0].numpy())
+    assert set(labels) == {0, 1, 2, 3}
+
+
+def test_real_init_refined_against_clean_targets_moves_the_pixels(assets, tmp_path):
+    kept = distilled_pixels(run(assets, tmp_path / "kept", init="real", selection="random", iterations=0))[0]
+    refined = run(assets, tmp_path / "refined", init="real", selection="random", iterations=6, lr=0.05,
+                  bn_targets="clean", class_bn_weight=0.5)
+    moved = distilled_pixels(refined)[0]
+    assert kept.shape == moved.shape and not np.array_equal(kept, moved)
+    assert (refined / "inputs" / "bn_targets.safetensors").exists()
+    again = distilled_pixels(run(assets, tmp_path / "again", init="real", selection="random", iterations=6,
+                                 lr=0.05, bn_targets="clean", class_bn_weight=0.5))[0]
+    assert np.array_equal(moved, again)  # same seed and config: same images
+
+
+def test_method_presets_fill_unset_fields_and_explicit_values_win(assets, tmp_path):
+    import json
+
+    out = run(assets, tmp_path / "m", method="hf_scdd", iterations=0)
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["init"], config["selection"], config["bn_targets"], config["iterations"]) == (
+        "real", "kmeans", "clean", 0)
+    scdd = run(assets, tmp_path / "s", iterations=2)
+    assert json.loads((scdd / "config.json").read_text())["config"]["init"] == "noise"
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (dict(iterations=0), "needs --init real"),
+        (dict(class_bn_weight=0.5, bn_targets="running"), "--bn_targets clean"),
+        (dict(init="pixels"), "--init must be"),
+        (dict(selection="best"), "--selection must be"),
+        (dict(method="magic"), "unknown --method"),
+    ],
+)
+def test_recovery_option_refusals_write_nothing(assets, tmp_path, values, message):
+    out = tmp_path / "bad"
+    with pytest.raises(ConfigError, match=message):
+        run(assets, out, **values)
+    assert not out.exists() or not any(out.iterdir())
