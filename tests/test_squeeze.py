@@ -88,7 +88,9 @@ def test_probe_keeps_backbone_bit_identical_and_pushes(tiny_dataset, tmp_path, f
     info = after.training_info
     assert info["method"] == "supervised" and info["probe_epochs"] == 3
     assert info["probe_top1"] > 0.4  # chance is 0.25
-    assert "linear-probe top-1" in (model_dir / "README.md").read_text()
+    assert 0 < info["probe_logit_scale"] and info["probe_head_norm"] == pytest.approx(float(after.fc.weight.norm()), rel=1e-3)
+    card = (model_dir / "README.md").read_text()
+    assert "linear-probe top-1" in card and "linear-probe logit scale" in card
     files = fake_hub.files(hub_repo_id)
     assert "model.safetensors" in files and "README.md" in files
 

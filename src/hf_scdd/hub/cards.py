@@ -51,6 +51,7 @@ class BackboneCardData:
     epochs: int | None = None
     probe_top1: float | None = None
     probe_epochs: int | None = None
+    probe_logit_scale: float | None = None
     base_model: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -59,7 +60,7 @@ def backbone_card_data(model) -> BackboneCardData:
     """The card data of an hf_scdd ResNet: its architecture and its ``training`` record."""
     info = dict(model.training_info)
     shape = {k: getattr(model, k) for k in ("arch", "stem", "width", "in_channels", "image_size", "num_classes")}
-    record = {k: info.get(k) for k in ("dataset", "epochs", "probe_top1", "probe_epochs", "base_model")}
+    record = {k: info.get(k) for k in ("dataset", "epochs", "probe_top1", "probe_epochs", "probe_logit_scale", "base_model")}
     return BackboneCardData(
         **shape, **record, bn_layers=model.bn_layer_count(), method=info.get("method", "unknown"),
         num_parameters=sum(p.numel() for p in model.parameters()), training=info,

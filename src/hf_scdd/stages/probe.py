@@ -22,7 +22,7 @@ from ..models.loading import MODEL_DIR, load_backbone, resolve_model_folder
 from ..models.resnet import ResNet, plain_resnet, save_model_atomically
 from ..training.accelerator import finish_trackers
 from ..training.evaluation import evaluate_top1, extract_features
-from ..training.linear_probe import fit_linear_probe
+from ..training.linear_probe import SCALINGS, calibrate_head, fit_linear_probe
 from ..training.loop import remove_checkpoints
 from ..training.pretrain import training_subset
 from ..training.stage import load_stage_data, start_stage
@@ -43,9 +43,18 @@ class ProbeConfig(StageConfig):
     lr: float = field(default=0.5, metadata={"help": "Peak SGD learning rate (standardised features)."})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (MoCo's probe uses 0)."})
-    standardize: bool = field(
+    standardize: str = field(
+        default="global",
+        metadata={"help": "Feature scaling for the optimiser, folded into fc: 'global' (one RMS scalar), 'feature' "
+                  "(per-feature standardisation: large weights on low-variance directions) or 'none'."},
+    )
+    calibrate: bool = field(
         default=True,
-        metadata={"help": "Train on per-feature standardised features; folded into fc afterwards."},
+        metadata={"help": "Fit one logit scale (temperature) on held-out training features and fold it into fc, "
+                  "so recovery's cross-entropy does not saturate at once."},
+    )
+    calibration_fraction: float = field(
+        default=0.1, metadata={"help": "Share of the probe's training images held out for the calibration."}
     )
     max_train_samples: int = field(
         default=10000, metadata={"help": "Seeded subset of training images for the probe (0 = all)."}
@@ -59,6 +68,10 @@ def main(config: ProbeConfig) -> Path:
 
     if not config.backbone:
         raise ConfigError("--backbone is required (a backbone folder, a squeeze output_dir or a Hub repo id)")
+    if config.standardize not in SCALINGS:
+        raise ConfigError(f"--standardize must be one of {SCALINGS}, got {config.standardize!r}")
+    if not 0 < config.calibration_fraction < 0.5:
+        raise ConfigError(f"--calibration_fraction must be in (0, 0.5), got {config.calibration_fraction}")
     out = Path(config.output_dir)
     final = out / MODEL_DIR
     start = start_stage(config, "probe", final)
@@ -89,11 +102,16 @@ def main(config: ProbeConfig) -> Path:
     feats = extract_features(
         accelerator, backbone, images[subset], preprocess, config.feature_batch_size, precision=precision
     )
+    targets = labels[subset].to(accelerator.device)
+    held_out = int(round(config.calibration_fraction * len(feats))) if config.calibrate else 0
     weight, bias = fit_linear_probe(
-        accelerator, feats, labels[subset].to(accelerator.device), data.num_classes, epochs=config.epochs,
+        accelerator, feats[held_out:], targets[held_out:], data.num_classes, epochs=config.epochs,
         batch_size=config.batch_size, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
         standardize=config.standardize, seed=config.seed, output_dir=out, precision=precision,
     )
+    scale = 1.0
+    if held_out:
+        weight, bias, scale = calibrate_head(weight, bias, feats[:held_out], targets[:held_out])
     backbone.reset_classifier(data.num_classes, data.class_names)
     backbone.fc.weight.data.copy_(weight)
     backbone.fc.bias.data.copy_(bias)
@@ -104,7 +122,8 @@ def main(config: ProbeConfig) -> Path:
     test_images, test_labels = data.tensors("test")
     top1 = evaluate_top1(accelerator, backbone, test_images, test_labels, preprocess, precision=precision)
     if accelerator.is_main_process:
-        info = {"probe_top1": round(top1, 6), "probe_epochs": config.epochs}
+        info = {"probe_top1": round(top1, 6), "probe_epochs": config.epochs, "probe_logit_scale": round(scale, 6),
+                "probe_head_norm": round(float(weight.norm()), 4)}
         backbone.update_training_info(
             **info, probe_dataset=data.name, probe_config=config.result_fields(),
             base_model=config.backbone if not Path(config.backbone).exists() else None,
