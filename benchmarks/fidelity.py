@@ -1,138 +1,188 @@
-"""The paper's claim, measured on the built-in Fashion-MNIST under ONE protocol.
+"""Fidelity: do distilled sets beat a random real subset of the same size, under one protocol you can trust?
 
-SC-DD (recovered from a MoCo v2 backbone + eval-mode linear probe) vs SRe²L (recovered from a supervised backbone
-of the same architecture, same recover settings) vs a random real subset with the same images per class, each
-post-trained the same way with online KD (a supervised teacher, as SC-DD uses) and with hard labels; mean ± std
-over student seeds, final-epoch top-1 on the full 10k test split, at IPC 10 and 50.
+    python benchmarks/fidelity.py --dataset fashion_mnist              # the whole table for one dataset
+    python benchmarks/fidelity.py --dataset cifar10                    # needs ../shared/data/cifar10
+    python benchmarks/fidelity.py --dataset cifar10 --part models      # named parts: models, sets, students, table
 
-    python benchmarks/fidelity.py                       # uses the backbones in benchmarks/artifacts/
-    python benchmarks/fidelity.py --ipcs 10 --seeds 0   # a quicker look
+Rows, each named by the recover config it ran (all on the same dataset, students and protocol):
 
-The IPC-10 sets are the first 10 IPC indices of the IPC-50 sets: recovery units are seeded by (seed, ipc, chunk)
-only, so they are exactly the images an IPC-10 run produces. Recovery runs with ``--recover_processes``
-processes (the images do not depend on it). Finished recoveries and student runs are reused on rerun.
+* **SC-DD (paper)**: MoCo v2 backbone + calibrated linear probe, ``--method scdd`` (noise, running statistics,
+  the dataset preset's SC-DD hyper-parameters);
+* **SRe²L, probe head**: the supervised backbone of the same architecture and budget + the same kind of probe,
+  the same recover settings (the head is the only other difference from SC-DD, so the comparison is fair);
+* **SRe²L, end-to-end head**: the supervised model as trained (SRe²L's own recovery model);
+* **hf_scdd**: the library's method on the SSL recovery model (``--method hf_scdd``: real images chosen by
+  k-means on the SSL features, refined against clean-image BN statistics);
+* **random real subset** (a new draw per seed) and the **full training set**, trained the same way.
+
+Students follow the library's protocol (``hf-scdd evaluate`` defaults: a budget of optimiser steps, pad-crop +
+flip + CutMix, KD at T = 4 from the supervised teacher); hard labels and KD side by side, mean ± std over 3
+seeds, final top-1 on the full test split. The noise-initialised IPC-10 sets are the first 10 IPC indices of
+their IPC-50 sets (units are seeded by (seed, ipc, chunk): the same images an IPC-10 run makes). Everything is
+an ``hf-scdd`` stage in its own folder under ``benchmarks/results/fidelity/<dataset>/``, run two single-threaded
+processes at a time; a rerun skips what is finished. Writes ``benchmarks/results/fidelity/<dataset>.{md,json}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ARTIFACTS = HERE / "artifacts"
+from common import (
+    DATASETS, HERE, evaluate_command, hardware_line, probe_commands, read_results, run_all, squeeze_commands,
+    stage_command, supervised_dir,
+)
 
-# The small-image post-training protocol (SC-DD's CIFAR recipe: pad-crop + flip, Mixup 0.8, T=30, AdamW 1e-3).
-PROTOCOL = dict(crop="pad", crop_pad=4, flip=True, mix="mixup", mix_alpha=0.8, temperature=30.0, batch_size=64,
-                lr=1e-3, weight_decay=0.01)
+PARTS = ("models", "sets", "students", "table")
+MODES = ["hard", "online"]
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scdd_backbone", default=str(ARTIFACTS / "probe_mocov2" / "model"))
-    p.add_argument("--sre2l_backbone", default=str(ARTIFACTS / "squeeze_supervised" / "backbone"))
-    p.add_argument("--teacher", default=str(ARTIFACTS / "squeeze_supervised" / "backbone"))
+    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(DATASETS))
+    p.add_argument("--part", default="all", choices=("all", *PARTS))
     p.add_argument("--ipcs", type=int, nargs="+", default=[10, 50])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--modes", nargs="+", default=["online", "hard"])
-    p.add_argument("--iterations", type=int, default=None, help="recovery iterations (recover preset if unset)")
-    p.add_argument("--epochs", type=int, default=30, help="post-training epochs")
-    p.add_argument("--eval_every", type=int, default=0, help="score every N epochs (0 = only the final epoch)")
-    p.add_argument("--arch", default="resnet10")
-    p.add_argument("--width", type=int, default=16)
-    p.add_argument("--recover_processes", type=int, default=2)
-    p.add_argument("--output_dir", default=str(HERE / "results" / "fidelity"))
+    p.add_argument("--steps", type=int, default=3000, help="student optimiser steps (the protocol's budget)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--root", default=str(HERE / "results"))
     return p.parse_args()
 
 
-def recover(backbone: str, ipc: int, out: Path, args: argparse.Namespace) -> Path:
-    """One recovery run (resumable: finished units are skipped), launched with N CPU processes."""
-    cmd = [sys.executable, "-m", "hf_scdd", "recover", "--backbone", backbone, "--ipc", str(ipc),
-           "--output_dir", str(out), "--report_to", "none", "--group_size", "1"]
-    if args.iterations:
-        cmd += ["--iterations", str(args.iterations)]
-    env = dict(os.environ)
-    if args.recover_processes > 1:
-        env.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-               str(args.recover_processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend",
-               "no", "--main_process_port", "29731", "-m", "hf_scdd"] + cmd[3:] + ["--cpu", "true"]
-    subprocess.run(cmd, check=True, env=env)
-    return out
+def set_specs(models: Path, setup) -> dict[str, dict]:
+    """Row name → (recovery model, recover fields, whether IPC 10 is the IPC-50 set's prefix)."""
+    return {
+        "scdd": dict(title="SC-DD (paper): MoCo v2 + probe, noise, running statistics",
+                     backbone=models / "probe_mocov2", fields=dict(method="scdd"), prefix=True),
+        "sre2l_probe": dict(title="SRe²L, probe head: supervised + probe, same recover settings",
+                            backbone=models / "probe_supervised", fields=dict(method="scdd"), prefix=True),
+        "sre2l_e2e": dict(title="SRe²L, end-to-end head: the supervised model as trained",
+                          backbone=supervised_dir(setup, models), fields=dict(method="scdd"), prefix=True),
+        "hf_scdd": dict(title="hf_scdd: MoCo v2 + probe, k-means real images, clean-statistics refinement",
+                        backbone=models / "probe_mocov2", fields=dict(method="hf_scdd"), prefix=False),
+    }
 
 
-def evaluate_set(name: str, distilled, ipc: int, args, data, teacher, random_baseline: bool) -> dict:
-    from hf_scdd.stages.evaluate import EvaluateConfig, run_evaluation
-
-    config = EvaluateConfig(
-        output_dir=str(Path(args.output_dir) / f"eval_{name}_ipc{ipc}"), distilled=f"{name}-ipc{ipc}",
-        label_modes=list(args.modes), seeds=list(args.seeds), epochs=args.epochs, arch=args.arch,
-        width=args.width, random_baseline=random_baseline, save_student=False, report_to="none",
-        eval_every=args.eval_every or args.epochs, **PROTOCOL,
-    )
-    return run_evaluation(config, data=data, distilled=distilled, teacher=teacher)
+def distilled_dir(work: Path, name: str, ipc: int) -> Path:
+    return work / "sets" / f"{name}-ipc{ipc}"
 
 
-def markdown(rows: list[dict], args) -> str:
+def recover_commands(args, setup, models: Path, work: Path) -> list[tuple[str, list[str]]]:
+    commands = []
+    for name, spec in set_specs(models, setup).items():
+        ipcs = [max(args.ipcs)] if spec["prefix"] else args.ipcs
+        for ipc in ipcs:
+            commands.append((f"recover_{name}_ipc{ipc}", stage_command(
+                "recover", backbone=spec["backbone"], dataset=setup.dataset, ipc=ipc, seed=0,
+                output_dir=distilled_dir(work, name, ipc), report_to="none", **spec["fields"])))
+    return commands
+
+
+def write_prefix_sets(args, setup, models: Path, work: Path) -> None:
+    """The IPC-k sets of the noise-initialised rows: the first k IPC indices of their largest-IPC set."""
+    import datasets
+
+    from hf_scdd.utils import atomic_path
+
+    top = max(args.ipcs)
+    for name, spec in set_specs(models, setup).items():
+        if not spec["prefix"]:
+            continue
+        source = datasets.load_dataset(str(distilled_dir(work, name, top)), split="train")
+        for ipc in args.ipcs:
+            target = distilled_dir(work, name, ipc) / "data" / "train-00000-of-00001.parquet"
+            if ipc == top or target.exists():
+                continue
+            with atomic_path(target) as tmp:
+                source.filter(lambda row: row["ipc_index"] < ipc).to_parquet(str(tmp))
+
+
+def student_commands(args, setup, models: Path, work: Path) -> list[tuple[str, list[str]]]:
+    """One evaluate per (row, IPC); the random baseline rides with hf_scdd's, the full data with its IPC 10."""
+    commands = []
+    for name in set_specs(models, setup):
+        for ipc in args.ipcs:
+            baseline = name == "hf_scdd"
+            commands.append((f"evaluate_{name}_ipc{ipc}", evaluate_command(
+                setup, distilled_dir(work, name, ipc), work / "evaluate" / f"{name}-ipc{ipc}", models / "teacher",
+                modes=MODES, seeds=args.seeds, steps=args.steps, random_baseline=baseline,
+                full_data_baseline=str(baseline and ipc == min(args.ipcs)).lower())))
+    return commands
+
+
+def cell(row: dict | None) -> tuple[str, float, float]:
+    if row is None:
+        return "–", float("nan"), float("nan")
+    mean, std = 100 * row["final_top1_mean"], 100 * row["final_top1_std"]
+    return f"{mean:.2f} ± {std:.2f}", mean, std
+
+
+def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
+    specs = set_specs(models, setup)
+    teacher = json.loads((models / "teacher" / "backbone" / "config.json").read_text())
+    ssl_probe = json.loads((models / "probe_mocov2" / "probe_results.json").read_text())
     lines = [
-        f"Fashion-MNIST, student {args.arch} (width {args.width}), {args.epochs} epochs, batch {PROTOCOL['batch_size']}, "
-        f"AdamW {PROTOCOL['lr']}, pad-crop + flip + Mixup {PROTOCOL['mix_alpha']}, T={PROTOCOL['temperature']}; "
-        f"final-epoch top-1 (%) on the 10k test split, mean ± std over seeds {' '.join(map(str, args.seeds))}.",
-        "",
-        "| IPC | labels | SC-DD (MoCo v2) | SRe²L (supervised) | random real | IOR SC-DD | IOR SRe²L |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        f"# Fidelity on {args.dataset}", "",
+        f"Machine: {hardware_line()}. Students: {setup.student['arch']} width {setup.student['width']}, "
+        f"{args.steps} optimiser steps, hard labels and online KD (T = 4) from the supervised teacher, final "
+        f"top-1 (%) on the full test split, mean ± std over seeds {' '.join(map(str, args.seeds))}. "
+        f"MoCo v2 probe top-1: {100 * ssl_probe['probe_top1']:.2f} %.", "",
+        "| IPC | set | hard labels | KD | hard − random | KD − random |", "|---:|---|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        fmt = lambda v: f"{100 * v[0]:.2f} ± {100 * v[1]:.2f}"  # noqa: E731
-        lines.append(
-            f"| {r['ipc']} | {r['mode']} | {fmt(r['scdd'])} | {fmt(r['sre2l'])} | {fmt(r['random'])} | "
-            f"{100 * (r['scdd'][0] - r['random'][0]):+.2f} | {100 * (r['sre2l'][0] - r['random'][0]):+.2f} |"
-        )
-    return "\n".join(lines) + "\n"
+    data: dict = {"rows": []}
+    for ipc in args.ipcs:
+        base = read_results(work / "evaluate" / f"hf_scdd-ipc{ipc}")
+        random_hard, random_kd = cell(base["results"].get("random/hard")), cell(base["results"].get("random/online"))
+        for name, spec in specs.items():
+            results = read_results(work / "evaluate" / f"{name}-ipc{ipc}")["results"]
+            hard, kd = cell(results.get("distilled/hard")), cell(results.get("distilled/online"))
+            lines.append(f"| {ipc} | {spec['title']} | {hard[0]} | {kd[0]} | {hard[1] - random_hard[1]:+.2f} | "
+                         f"{kd[1] - random_kd[1]:+.2f} |")
+            data["rows"].append(dict(ipc=ipc, set=name, hard=hard[1:], kd=kd[1:]))
+        lines.append(f"| {ipc} | random real subset (a new draw per seed) | {random_hard[0]} | {random_kd[0]} | | |")
+        data["rows"].append(dict(ipc=ipc, set="random", hard=random_hard[1:], kd=random_kd[1:]))
+        if "full/hard" in base["results"]:
+            full = cell(base["results"]["full/hard"])
+            lines.append(f"| all | full training set | {full[0]} | – | | |")
+            data["full"] = full[1:]
+        data.setdefault("teacher_top1", base.get("teacher_top1"))
+        for warning in base.get("checks", []):
+            lines.append(f"\n**Protocol check failed at IPC {ipc}:** {warning}")
+    lines += ["", f"Teacher (supervised {teacher['arch']} width {teacher['width']}) test top-1: "
+              f"{100 * data['teacher_top1']:.2f} %." if data.get("teacher_top1") else ""]
+    return "\n".join(lines) + "\n", data
 
 
 def main() -> None:
-    import torch
-
-    from hf_scdd.data import load_image_dataset
-    from hf_scdd.hub import load_distilled
-    from hf_scdd.models import load_backbone
-
     args = parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    setup = DATASETS[args.dataset]
+    if not setup.available():
+        raise SystemExit(f"{args.dataset} is not available here ({setup.dataset})")
+    models = Path(args.root) / "models" / args.dataset
+    work = Path(args.root) / "fidelity" / args.dataset
+    parts = PARTS if args.part == "all" else (args.part,)
+    print(f"[fidelity] {args.dataset}: {hardware_line()}", flush=True)
     timings = {}
-    sets = {}
-    for name, backbone in (("scdd", args.scdd_backbone), ("sre2l", args.sre2l_backbone)):
+    for part in parts:
         start = time.time()
-        folder = recover(backbone, max(args.ipcs), out / f"distilled_{name}", args)
-        timings[f"recover_{name}_s"] = round(time.time() - start, 1)
-        sets[name], _, _ = load_distilled(str(folder))
-    data = load_image_dataset()
-    teacher = load_backbone(args.teacher)
-    rows = []
-    for ipc in args.ipcs:
-        reports = {}
-        for name in ("scdd", "sre2l"):
-            subset = sets[name].filter(lambda r: r["ipc_index"] < ipc)
-            start = time.time()
-            reports[name] = evaluate_set(name, subset, ipc, args, data, teacher, random_baseline=(name == "scdd"))
-            timings[f"evaluate_{name}_ipc{ipc}_s"] = round(time.time() - start, 1)
-        for mode in args.modes:
-            pick = lambda rep, key: (rep["results"][key]["final_top1_mean"], rep["results"][key]["final_top1_std"])  # noqa: E731
-            rows.append({"ipc": ipc, "mode": mode, "scdd": pick(reports["scdd"], f"distilled/{mode}"),
-                         "sre2l": pick(reports["sre2l"], f"distilled/{mode}"),
-                         "random": pick(reports["scdd"], f"random/{mode}")})
-    table = markdown(rows, args)
-    (out / "fidelity.json").write_text(json.dumps({"args": vars(args), "rows": rows, "timings": timings}, indent=2))
-    (out / "fidelity.md").write_text(table)
-    print(table)
-    print("timings (s):", json.dumps(timings))
+        if part == "models":
+            run_all(squeeze_commands(setup, models), models / "logs", workers=args.workers)
+            run_all(probe_commands(setup, models), models / "logs", workers=args.workers)
+        elif part == "sets":
+            run_all(recover_commands(args, setup, models, work), work / "logs", workers=args.workers)
+            write_prefix_sets(args, setup, models, work)
+        elif part == "students":
+            run_all(student_commands(args, setup, models, work), work / "logs", workers=args.workers)
+        else:
+            text, data = table(args, setup, models, work)
+            out = Path(args.root) / "fidelity"
+            (out / f"{args.dataset}.md").write_text(text)
+            (out / f"{args.dataset}.json").write_text(json.dumps({"args": vars(args), **data}, indent=2))
+            print(text)
+        timings[part] = round(time.time() - start)
+        print(f"[fidelity] part {part}: {timings[part]} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -75,9 +75,12 @@ def test_two_process_pipeline_writes_every_artefact(tiny_run):
     for key in ("distilled/online", "distilled/stored", "distilled/hard", "random/online", "random/hard"):
         assert key in report["results"], key
         assert report["results"][key]["test_count"] == 18  # the whole test split, scored once per image
-    # the results table is the last thing printed
-    assert "| distilled | online |" in result.stdout
-    assert "IOR/online" in (out / "results.md").read_text()
+    # the library's set and the paper's configuration, side by side with the random subset, printed last
+    results_md = (out / "results.md").read_text()
+    for row in ("| hf_scdd | 6 |", "| scdd | 6 |", "| random | 6 |", "IOR/online"):
+        assert row in results_md and row in result.stdout, row
+    scdd = json.loads((out / "distilled_scdd" / "config.json").read_text())["config"]
+    assert scdd["init"] == "noise" and json.loads((out / "distilled" / "config.json").read_text())["config"]["init"] == "real"
 
 
 def test_rerun_skips_finished_stages(tiny_run):

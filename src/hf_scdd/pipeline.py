@@ -48,6 +48,16 @@ class PipelineConfig(StageConfig):
                   "'recovery' (the probed recovery model), or a Hub id / folder."},
     )
     ipc: int = field(default=10, metadata={"help": "Distilled images per class."})
+    method: str = field(
+        default="hf_scdd",
+        metadata={"help": "Recovery method of the distilled set: 'hf_scdd' (this library's: selected real images "
+                  "refined against clean-image statistics) or 'scdd' (the paper's configuration)."},
+    )
+    compare_scdd: bool = field(
+        default=True,
+        metadata={"help": "Also distil with the paper's configuration (--method scdd) and train its students "
+                  "beside, under the same protocol (when --method is not scdd already)."},
+    )
     iterations: int | None = field(default=None, metadata={"help": "Recovery iterations (recover preset if unset)."})
     label_modes: list[str] = field(
         default_factory=lambda: ["online"],
@@ -179,13 +189,18 @@ def run(config: PipelineConfig) -> dict[str, Any]:
         teacher = config.teacher
     summary["teacher"] = teacher
 
-    # 3. recover
-    values = {"backbone": str(recovery_model), "ipc": config.ipc}
+    # 3. recover: the distilled set, and the paper's configuration beside it
+    values = {"backbone": str(recovery_model), "ipc": config.ipc, "method": config.method}
     if config.iterations is not None:
         values["iterations"] = config.iterations
     cfg = stage_config(config, recover.RecoverConfig, "recover", values, out / "distilled")
     distilled = run_stage(state, out, "recover", recover.main, cfg)
     summary["distilled"] = distilled
+    scdd_set = None
+    if config.compare_scdd and config.method != "scdd":
+        cfg = stage_config(config, recover.RecoverConfig, "recover", {**values, "method": "scdd"},
+                           out / "distilled_scdd")
+        scdd_set = run_stage(state, out, "recover_scdd", recover.main, cfg)
 
     # 4. relabel (only when stored labels are evaluated): one label epoch per post-training epoch
     protocol = eval_protocol(config, data.image_size)
@@ -204,9 +219,14 @@ def run(config: PipelineConfig) -> dict[str, Any]:
                             "temperature": eval_cfg.temperature, **views}, out / "relabel")
         summary["labels"] = run_stage(state, out, "relabel", relabel.main, cfg)
 
-    # 5. evaluate: the distilled set vs a random real subset, same protocol
-    cfg = eval_cfg
-    report = run_stage(state, out, "evaluate", evaluate.main, cfg)
+    # 5. evaluate: the distilled set vs a random real subset (and the paper's configuration), same protocol
+    report = run_stage(state, out, "evaluate", evaluate.main, eval_cfg)
+    if scdd_set is not None:
+        cfg = dataclasses.replace(eval_cfg, distilled=str(scdd_set), random_baseline=False, full_data_baseline=False,
+                                  label_modes=[m for m in config.label_modes if m != "stored"], save_student=False,
+                                  output_dir=str(out / "evaluate_scdd"))
+        scdd_report = run_stage(state, out, "evaluate_scdd", evaluate.main, cfg)
+        report = merge_reports(report, scdd_report, config.method)
 
     # 6. the pictures a person looks at first
     if state.is_main_process:
@@ -216,7 +236,9 @@ def run(config: PipelineConfig) -> dict[str, Any]:
         bn_cfg = config_from_dict(inspect_bn.InspectBNConfig, {**_shared(config), "output_dir": str(out / "bn_stats"),
                                                                 "backbones": backbones, "labels": labels})
         inspect_bn.main(bn_cfg)
-        results_md = (out / "evaluate" / "results.md").read_text() if (out / "evaluate" / "results.md").exists() else ""
+        from .stages.evaluate import report_markdown
+
+        results_md = report_markdown(report, f"{data.name}, IPC {config.ipc}: distilled sets vs a random real subset")
         atomic_write_text(out / "results.md", results_md)
         print(_artefact_listing(out, recovery_model, teacher, distilled) + "\n\n" + results_md, flush=True)
     state.wait_for_everyone()
@@ -227,6 +249,15 @@ def run(config: PipelineConfig) -> dict[str, Any]:
     if state.is_main_process:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def merge_reports(report: dict[str, Any], scdd_report: dict[str, Any], method: str) -> dict[str, Any]:
+    """One table: the distilled set's rows named by its method, the paper configuration's rows as ``scdd``."""
+    def renamed(results: dict[str, Any], name: str) -> dict[str, Any]:
+        return {key.replace("distilled/", f"{name}/"): row for key, row in results.items()}
+
+    scdd_rows = {k: v for k, v in scdd_report["results"].items() if k.startswith("distilled/")}
+    return {**report, "results": {**renamed(report["results"], method), **renamed(scdd_rows, "scdd")}}
 
 
 def _artefact_listing(out: Path, recovery_model, teacher, distilled) -> str:

@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
@@ -106,6 +106,38 @@ def use_cpu(flag: bool = False) -> bool:
     """Whether a stage runs on the CPU: its ``--cpu`` flag, or ``ACCELERATE_USE_CPU`` (set by
     ``accelerate launch --cpu`` and by the multi-process CPU recipe)."""
     return bool(flag) or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+
+
+CPU_KIND_FLAGS = ("amx_bf16", "avx512_bf16", "avx2")
+"""The /proc/cpuinfo flags that decide how fast bf16 runs here: native matrix units, AVX512-BF16, or AVX2 only
+(where bf16 is emulated and many times slower than fp32)."""
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name, which of :data:`CPU_KIND_FLAGS` it has, and its core count: every speed figure
+    is recorded with these, since the same code runs 17× faster or slower in bf16 depending on them."""
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags |= set(value.split())
+    except OSError:
+        pass
+    present = [flag for flag in CPU_KIND_FLAGS if flag in flags]
+    return {"cpu_model": model, "cpu_flags": present, "cpu_kind": present[0] if present else "other",
+            "cores": os.cpu_count()}
+
+
+def hardware_summary() -> dict[str, Any]:
+    """:func:`cpu_info` plus the GPU's name (None without one) and the torch version."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {**cpu_info(), "gpu": gpu, "torch": torch.__version__}
 
 
 def total_memory() -> int:

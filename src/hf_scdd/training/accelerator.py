@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..utils import use_cpu
+from ..utils import cpu_info, use_cpu
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 AUTO_PRECISION_ENV = "HF_SCDD_AUTO_PRECISION"
@@ -34,12 +34,7 @@ AUTO_PRECISION_ENV = "HF_SCDD_AUTO_PRECISION"
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU has native bf16 matrix units (AMX or AVX512-BF16); elsewhere bf16 is emulated and
     many times *slower* than fp32 (measured: ~17× on an AVX2-only EPYC), so ``auto`` must not pick it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return cpu_info()["cpu_kind"] in ("amx_bf16", "avx512_bf16")
 
 
 def auto_precision(device_type: str) -> str:

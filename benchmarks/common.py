@@ -1,0 +1,149 @@
+"""What the fidelity and sweep benchmarks share: the datasets and their squeeze budgets, stage commands run as
+single-threaded subprocesses two at a time, and the hardware line every figure is recorded with.
+
+Every step is an ``hf-scdd`` stage writing its own folder, so an interrupted benchmark resumes where it stopped
+(finished stages and student runs are skipped) and every number comes from the library's own code path. Two
+single-threaded processes use a 2-core CPU better than one process with two threads, whose spinning OpenMP
+threads collapse as soon as anything else runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CIFAR10 = HERE.parent.parent / "shared" / "data" / "cifar10"
+
+
+@dataclass
+class Budget:
+    """Architecture and training budget of one squeeze model."""
+
+    arch: str = "resnet10"
+    width: int = 16
+    epochs: int = 10
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        return {"arch": self.arch, "width": self.width, "epochs": self.epochs, "max_train_samples": 0, **self.extra}
+
+
+@dataclass
+class DatasetSetup:
+    """A benchmark dataset: where it is, the models squeeze trains for it, and the student architecture."""
+
+    name: str
+    dataset: str
+    teacher: Budget
+    ssl: Budget
+    supervised: Budget  # the SRe²L control: the SSL model's architecture and budget, trained with labels
+    student: dict[str, Any]
+
+    def available(self) -> bool:
+        return self.dataset == "fashion_mnist" or Path(self.dataset).is_dir()
+
+
+DATASETS = {
+    # Teachers: 92.0 % (Fashion-MNIST) and ≥ 85 % (CIFAR-10) test top-1; MoCo v2 for as long as the teacher.
+    "fashion_mnist": DatasetSetup(
+        "fashion_mnist", "fashion_mnist", teacher=Budget(epochs=10), ssl=Budget(epochs=10),
+        supervised=Budget(epochs=10), student={"arch": "resnet10", "width": 16},
+    ),
+    "cifar10": DatasetSetup(
+        "cifar10", str(CIFAR10), teacher=Budget(width=32, epochs=15), ssl=Budget(epochs=15),
+        supervised=Budget(epochs=15), student={"arch": "resnet10", "width": 16},
+    ),
+}
+
+
+def hardware_line() -> str:
+    """``CPU model (kind: flags), N cores[, GPU], torch X``: printed with, and stored next to, every figure."""
+    from hf_scdd.utils import hardware_summary
+
+    hw = hardware_summary()
+    line = f"{hw['cpu_model']} ({hw['cpu_kind']}; flags {', '.join(hw['cpu_flags']) or 'none'}), {hw['cores']} cores"
+    return line + (f", GPU {hw['gpu']}" if hw["gpu"] else "") + f", torch {hw['torch']}"
+
+
+def stage_command(stage: str, **fields: Any) -> list[str]:
+    """``python -m hf_scdd <stage> --field value ...`` (lists become several values, None is left out)."""
+    cmd = [sys.executable, "-m", "hf_scdd", stage]
+    for key, value in fields.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        cmd += [f"--{key}", *(json.dumps(v) if isinstance(v, dict) else str(v) for v in values)]
+    return cmd
+
+
+def run_all(commands: list[tuple[str, list[str]]], logs: Path, workers: int = 2) -> None:
+    """Run ``(name, command)`` pairs, ``workers`` at a time, one intra-op thread each; stop at the first
+    failure with its log's tail. Each command's output goes to ``logs/<name>.log``."""
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+
+    def run(item: tuple[str, list[str]]) -> tuple[str, float]:
+        name, cmd = item
+        start = time.time()
+        log = logs / f"{name}.log"
+        with open(log, "w") as f:
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        if code:
+            raise RuntimeError(f"{name} failed (exit {code}); the end of {log}:\n" + log.read_text()[-3000:])
+        return name, time.time() - start
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for name, seconds in pool.map(run, commands):
+            print(f"  {name}: {seconds:.0f} s", flush=True)
+
+
+def squeeze_commands(setup: DatasetSetup, root: Path) -> list[tuple[str, list[str]]]:
+    """The supervised teacher, the MoCo v2 backbone, and the supervised control of the same architecture."""
+    common = {"dataset": setup.dataset, "report_to": "none"}
+    commands = [
+        ("teacher", stage_command("squeeze", method="supervised", output_dir=root / "teacher",
+                                  **setup.teacher.fields(), **common)),
+        ("mocov2", stage_command("squeeze", method="mocov2", output_dir=root / "mocov2", **setup.ssl.fields(),
+                                 **common)),
+    ]
+    if setup.supervised != setup.teacher:
+        commands.append(("supervised", stage_command("squeeze", method="supervised", output_dir=root / "supervised",
+                                                     **setup.supervised.fields(), **common)))
+    return commands
+
+
+def supervised_dir(setup: DatasetSetup, root: Path) -> Path:
+    """The SRe²L control's squeeze folder (the teacher itself when their budgets are the same)."""
+    return root / ("teacher" if setup.supervised == setup.teacher else "supervised")
+
+
+def probe_commands(setup: DatasetSetup, root: Path) -> list[tuple[str, list[str]]]:
+    """A calibrated linear probe on each frozen backbone: SC-DD and SRe²L then invert the same kind of head."""
+    common = {"dataset": setup.dataset, "report_to": "none", "max_train_samples": 0}
+    return [
+        ("probe_mocov2", stage_command("probe", backbone=root / "mocov2", output_dir=root / "probe_mocov2", **common)),
+        ("probe_supervised", stage_command("probe", backbone=supervised_dir(setup, root),
+                                           output_dir=root / "probe_supervised", **common)),
+    ]
+
+
+def evaluate_command(setup: DatasetSetup, distilled: Path, out: Path, teacher: Path, *, modes: list[str],
+                     seeds: list[int], steps: int, random_baseline: bool, **extra: Any) -> list[str]:
+    """One evaluate run (students under the library's protocol)."""
+    return stage_command(
+        "evaluate", distilled=distilled, dataset=setup.dataset, teacher=teacher, label_modes=modes, seeds=seeds,
+        steps=steps, random_baseline=str(random_baseline).lower(), output_dir=out, save_student="false",
+        report_to="none", **setup.student, **extra,
+    )
+
+
+def read_results(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "results.json").read_text())

@@ -1,0 +1,127 @@
+"""Tune recovery by what matters: student top-1 against a random real subset, under the library's protocol.
+
+    python benchmarks/recover_sweep.py --dataset fashion_mnist --ipc 10          # every candidate, one seed
+    python benchmarks/recover_sweep.py --dataset fashion_mnist --confirm 2       # + the best 2 with 3 seeds
+    python benchmarks/recover_sweep.py --candidates kmeans kmeans_clean_200      # a subset
+
+Each candidate is a set of ``hf-scdd recover`` fields on top of the SSL recovery model (MoCo v2 + calibrated
+probe). Its distilled set trains students with hard labels and with online KD from the supervised teacher
+(``hf-scdd evaluate``, the library's protocol: a budget of optimiser steps, pad-crop + flip + CutMix, T = 4);
+the score is the mean of the two top-1s. The first candidate's evaluation also trains the random real subset
+baseline. Candidates starting from real images are compared on the same starting images (the same selection
+and seed), so their differences are paired. Models are trained first if missing (benchmarks/common.py), and
+everything is resumable. Writes ``benchmarks/results/sweep/<dataset>-ipc<N>.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from common import (
+    DATASETS, HERE, evaluate_command, hardware_line, probe_commands, read_results, run_all, squeeze_commands,
+    stage_command,
+)
+
+# name -> recover fields (besides backbone, dataset, ipc, seed). "scdd" is the paper's configuration.
+CANDIDATES: dict[str, dict] = {
+    "scdd": dict(method="scdd"),
+    "random_real": dict(init="real", selection="random", iterations=0),
+    "kmeans": dict(init="real", selection="kmeans", iterations=0),
+    "herding": dict(init="real", selection="herding", iterations=0),
+    "confident": dict(init="real", selection="confident", iterations=0),
+    "kmeans_running_200": dict(init="real", selection="kmeans", iterations=200, lr=0.05, r_bn=0.01,
+                               bn_targets="running"),
+    "kmeans_clean_200": dict(init="real", selection="kmeans", iterations=200, lr=0.05, r_bn=0.01, bn_targets="clean"),
+    "kmeans_clean_100_lr01": dict(init="real", selection="kmeans", iterations=100, lr=0.01, r_bn=0.01,
+                                  bn_targets="clean"),
+    "kmeans_class_200": dict(init="real", selection="kmeans", iterations=200, lr=0.05, r_bn=0.01, bn_targets="clean",
+                             class_bn_weight=0.5),
+    "kmeans_clean_bn_200": dict(init="real", selection="kmeans", iterations=200, lr=0.02, r_bn=0.1,
+                                bn_targets="clean"),
+    "kmeans_clean_crop_200": dict(init="real", selection="kmeans", iterations=200, lr=0.05, r_bn=0.01,
+                                  bn_targets="clean", random_crop=True, crop_scale_min=0.5, crop_curriculum=True),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(DATASETS))
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="seed of the recovery and of the single-seed students")
+    p.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
+    p.add_argument("--steps", type=int, default=3000, help="student optimiser steps")
+    p.add_argument("--confirm", type=int, default=0, help="re-evaluate the best N candidates with 3 seeds")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--root", default=str(HERE / "results"))
+    return p.parse_args()
+
+
+def evaluate_candidates(args, setup, models: Path, work: Path, names: list[str], seeds: list[int], tag: str) -> None:
+    """Recover every candidate's set, then evaluate them (the first one with the random baseline)."""
+    recover = [
+        (f"recover_{name}", stage_command("recover", backbone=models / "probe_mocov2", dataset=setup.dataset,
+                                          ipc=args.ipc, seed=args.seed, output_dir=work / name / "distilled",
+                                          report_to="none", **CANDIDATES[name]))
+        for name in names
+    ]
+    run_all(recover, work / "logs", workers=args.workers)
+    evaluate = [
+        (f"evaluate_{name}_{tag}", evaluate_command(
+            setup, work / name / "distilled", work / name / f"evaluate_{tag}", models / "teacher",
+            modes=["hard", "online"], seeds=seeds, steps=args.steps, random_baseline=(i == 0)))
+        for i, name in enumerate(names)
+    ]
+    run_all(evaluate, work / "logs", workers=args.workers)
+
+
+def score(results: dict, key: str) -> tuple[float, float, float]:
+    """(hard, KD, their mean) final top-1 in percent of one set in an evaluation."""
+    hard = 100 * results["results"][f"{key}/hard"]["final_top1_mean"]
+    kd = 100 * results["results"][f"{key}/online"]["final_top1_mean"]
+    return hard, kd, (hard + kd) / 2
+
+
+def table(args, work: Path, names: list[str], tag: str) -> tuple[str, list[dict]]:
+    first = read_results(work / names[0] / f"evaluate_{tag}")
+    rows = [dict(name="random real subset (evaluate's baseline)", config={}, scores=score(first, "random"))]
+    for name in names:
+        rows.append(dict(name=name, config=CANDIDATES[name], scores=score(read_results(work / name / f"evaluate_{tag}"), "distilled")))
+    base = rows[0]["scores"]
+    lines = [
+        f"{args.dataset}, IPC {args.ipc}, recovery seed {args.seed}, students: {tag}, {args.steps} steps; "
+        f"machine: {hardware_line()}", "",
+        "| candidate | hard | KD | mean | mean − random | recover fields |", "|---|---:|---:|---:|---:|---|",
+    ]
+    for row in sorted(rows, key=lambda r: -r["scores"][2]):
+        hard, kd, mean = row["scores"]
+        fields = ", ".join(f"{k}={v}" for k, v in row["config"].items())
+        lines.append(f"| {row['name']} | {hard:.2f} | {kd:.2f} | {mean:.2f} | {mean - base[2]:+.2f} | {fields} |")
+    return "\n".join(lines) + "\n", rows
+
+
+def main() -> None:
+    args = parse_args()
+    setup = DATASETS[args.dataset]
+    if not setup.available():
+        raise SystemExit(f"{args.dataset} is not available here ({setup.dataset})")
+    models = Path(args.root) / "models" / args.dataset
+    work = Path(args.root) / "sweep" / f"{args.dataset}-ipc{args.ipc}"
+    print(f"[sweep] {hardware_line()}", flush=True)
+    run_all(squeeze_commands(setup, models), models / "logs", workers=args.workers)
+    run_all(probe_commands(setup, models), models / "logs", workers=args.workers)
+    evaluate_candidates(args, setup, models, work, args.candidates, [args.seed], f"seed{args.seed}")
+    text, rows = table(args, work, args.candidates, f"seed{args.seed}")
+    if args.confirm:
+        best = [r["name"] for r in sorted(rows[1:], key=lambda r: -r["scores"][2])[: args.confirm]]
+        evaluate_candidates(args, setup, models, work, best, [0, 1, 2], "seeds012")
+        text += "\n" + table(args, work, best, "seeds012")[0]
+    out = Path(args.root) / "sweep" / f"{args.dataset}-ipc{args.ipc}"
+    (out.parent / f"{out.name}.md").write_text(text)
+    (out.parent / f"{out.name}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
