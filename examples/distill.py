@@ -7,10 +7,8 @@
 Every field of :class:`hf_scdd.pipeline.PipelineConfig` is a flag (``--help`` lists them).
 """
 
-from hf_scdd.cli import configure_logging
-from hf_scdd.configs import parse_config
+from hf_scdd.cli import run_command
 from hf_scdd.pipeline import PipelineConfig, main
 
 if __name__ == "__main__":
-    configure_logging()
-    main(parse_config(PipelineConfig, prog="examples/distill.py"))
+    run_command("examples/distill.py", PipelineConfig, main, None)

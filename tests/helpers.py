@@ -1,11 +1,20 @@
-"""Tiny on-disk datasets and models shared by the tests (recover, relabel, evaluate, Hub round trips)."""
+"""Tiny on-disk datasets and models shared by the tests (recover, relabel, evaluate, Hub round trips), and a
+real ``kill -9`` of a running stage."""
 
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def synthetic_images(n_per_class: int, num_classes: int = 3, size: int = 12, seed: int = 0):
@@ -110,3 +119,73 @@ def write_random_dataset(folder: Path, class_names: list[str], size: int = 16, p
         )
         ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
     return folder
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment of a stage subprocess: this checkout's sources, CPU, one thread, unbuffered output."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def kill_when(args: list[str], ready: Callable[[], bool], *, timeout: float = 240, env: dict | None = None) -> None:
+    """Run ``python -m hf_scdd <args>`` and SIGKILL it (a real ``kill -9``) as soon as ``ready()`` holds.
+
+    Fails when the process ends first or ``ready()`` never holds: the test would then not test a resumption.
+    """
+    process = subprocess.Popen([sys.executable, "-m", "hf_scdd", *args], env=env or stage_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            if process.poll() is not None:
+                raise AssertionError("the run ended before it could be killed:\n" + process.stdout.read()[-3000:])
+            if time.time() > deadline:
+                raise AssertionError(f"the kill condition did not hold within {timeout} s")
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.communicate()
+
+
+def checkpoint_done(folder: Path, min_step: int = 1) -> bool:
+    """Whether a training stage in ``folder`` has finished a ``save_state`` checkpoint at ``min_step`` or later."""
+    return any(int(p.parent.name.split("_")[1]) >= min_step for p in (folder / "checkpoints").glob("step_*/DONE"))
+
+
+def tensors_of(path: Path) -> tuple[dict, dict]:
+    """A safetensors file's tensors and header metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def assert_same_tensors(a: Path, b: Path) -> None:
+    """Two safetensors files hold bit-identical tensors (and the same header)."""
+    import torch
+
+    (ta, ma), (tb, mb) = tensors_of(a), tensors_of(b)
+    assert ta.keys() == tb.keys() and ma == mb, (a, b)
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), f"{key} differs between {a} and {b}"
+
+
+def tiny_transformers_classifier(labels: list[str], seed: int = 0, channels: int = 3):
+    """A tiny transformers ResNetForImageClassification with non-trivial BN running statistics (eval mode)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1], layer_type="basic",
+        num_labels=len(labels), num_channels=channels, id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+    )
+    model = transformers.ResNetForImageClassification(config)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):  # non-trivial BN running statistics, so eval logits depend on them
+            model(pixel_values=torch.randn(6, channels, 32, 32) * 2 + 1)
+    return model.eval()

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from helpers import tiny_transformers_classifier
 from hf_scdd.models import BackboneError, load_backbone
 from hf_scdd.models.adapters import IMAGENET_MEAN, IMAGENET_STD, TransformersClassifier
 
@@ -28,22 +29,7 @@ PREPROCESSOR = {
 
 
 def tiny_resnet_classifier(seed: int = 0):
-    torch.manual_seed(seed)
-    config = transformers.ResNetConfig(
-        embedding_size=8,
-        hidden_sizes=[8, 16, 16, 16],
-        depths=[1, 1, 1, 1],
-        layer_type="basic",
-        num_labels=4,
-        id2label=dict(enumerate(LABELS)),
-        label2id={n: i for i, n in enumerate(LABELS)},
-    )
-    model = transformers.ResNetForImageClassification(config)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):  # non-trivial BN running statistics, so eval logits depend on them
-            model(pixel_values=torch.randn(6, 3, 32, 32) * 2 + 1)
-    return model.eval()
+    return tiny_transformers_classifier(LABELS, seed)
 
 
 @pytest.fixture

@@ -16,11 +16,13 @@ import torch.nn.functional as F
 from hf_scdd.formats.soft_labels import SoftLabelStore
 from hf_scdd.losses.distillation import kd_loss
 from hf_scdd.models.loading import teacher_fn
-from hf_scdd.stages.evaluate import EvaluateConfig
+from hf_scdd.stages.evaluate import EvaluateConfig, run_evaluation
 from hf_scdd.stages.relabel import RelabelConfig, relabel
 from hf_scdd.training.post_train import TargetSource, summarize_history
 from hf_scdd.training.report import aggregate, protocol_metrics
-from helpers import synthetic_images, tiny_teacher, write_distilled, write_image_dataset
+from helpers import (
+    assert_same_tensors, checkpoint_done, kill_when, synthetic_images, tiny_teacher, write_distilled, write_image_dataset,
+)
 
 
 def test_kd_loss_is_sc_dd_kl_batchmean():
@@ -168,3 +170,22 @@ def test_protocol_self_check_flags_kd_below_hard_labels_on_random_subsets():
     assert "| teacher (its own top-1) | – | 92.03 |" in text
     assert "| random | 100 | 54.00 ± 1.00 | 23.00 ± 1.00 |" in text  # hard and KD side by side
     assert "Protocol check failed" in text
+
+
+def test_kill_during_the_random_baseline_then_rerun_keeps_the_student(tmp_path):
+    """kill -9 while the random-subset baseline trains, then the same command: the results and the student are
+    those of an uninterrupted run (the student's run kept its weights before it counted as finished)."""
+    real = write_image_dataset(tmp_path / "real", n_train_per_class=8, n_test_per_class=4)
+    distilled = write_distilled(tmp_path / "dist", ipc=4)
+    values = dict(distilled=str(distilled), dataset=str(real), label_modes=["hard"], arch="resnet10", width=4,
+                  epochs=20, eval_points=1, batch_size=4, seeds=[0], report_to="none", mixed_precision="no")
+    out = tmp_path / "killed"
+    args = [f"--{k}={v}" for k, v in values.items() if k not in ("label_modes", "seeds")]
+    kill_when(["evaluate", *args, "--label_modes", "hard", "--seeds", "0", "--output_dir", str(out)],
+              lambda: checkpoint_done(out / "runs" / "random-hard" / "seed0"))
+    assert (out / "runs" / "distilled-hard" / "seed0" / "result.json").exists() and not (out / "results.json").exists()
+    resumed = run_evaluation(EvaluateConfig(output_dir=str(out), cpu=True, **values))
+    whole = run_evaluation(EvaluateConfig(output_dir=str(tmp_path / "whole"), cpu=True, **values))
+    assert resumed["runs"] == whole["runs"] and resumed["results"] == whole["results"]
+    assert_same_tensors(out / "student" / "model.safetensors", tmp_path / "whole" / "student" / "model.safetensors")
+    assert json.loads((out / "results.json").read_text())["runs"] == whole["runs"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,8 @@ from hf_scdd.formats.soft_labels import (
 from hf_scdd.hub import load_distilled
 from hf_scdd.models.loading import teacher_fn
 from hf_scdd.stages.relabel import RelabelConfig, relabel
-from helpers import tiny_teacher, write_distilled
+from hf_scdd.stages.relabel import main as relabel_main
+from helpers import assert_same_tensors, kill_when, tiny_teacher, write_distilled
 
 
 def _setup(tmp_path: Path, **overrides):
@@ -166,3 +168,20 @@ def test_mismatched_or_damaged_labels_give_clear_errors(tmp_path):
     assert SoftLabelStore(labels_dir, require_complete=False).num_epochs == 3
     with pytest.raises(SoftLabelError, match="no soft-label folder"):
         SoftLabelStore(tmp_path / "nowhere")
+
+
+def test_kill_and_rerun_gives_the_labels_of_an_uninterrupted_run(tmp_path):
+    folder = write_distilled(tmp_path / "dist", ipc=4)
+    tiny_teacher(tmp_path / "teacher")
+    values = dict(teacher=str(tmp_path / "teacher"), epochs=300, batch_size=5, seed=3, report_to="none")
+    args = [f"--{k}={v}" for k, v in values.items()]
+    labels = folder / "soft_labels"
+    kill_when(["relabel", "--distilled", str(folder), *args], lambda: len(list(labels.glob("epoch_*.safetensors"))) >= 3)
+    assert 3 <= len(list(labels.glob("epoch_*.safetensors"))) < 300, "the run was not interrupted mid-way"
+    relabel_main(RelabelConfig(distilled=str(folder), cpu=True, **values))
+    whole = tmp_path / "whole"
+    shutil.copytree(tmp_path / "dist" / "data", whole / "data")
+    relabel_main(RelabelConfig(distilled=str(whole), cpu=True, **values))
+    assert sorted(p.name for p in labels.glob("epoch_*")) == sorted(p.name for p in (whole / "soft_labels").glob("epoch_*"))
+    for path in labels.glob("epoch_*.safetensors"):
+        assert_same_tensors(path, whole / "soft_labels" / path.name)

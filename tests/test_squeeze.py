@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import assert_same_tensors, bn_backbone, checkpoint_done, kill_when
 from hf_scdd.models import ResNet
 from hf_scdd.models.loading import BACKBONE_DIR, MODEL_DIR
 from hf_scdd.models.moco import SplitBatchNorm2d
@@ -127,21 +126,15 @@ def test_two_process_squeeze(tiny_dataset, tmp_path):
 
 
 def test_kill_and_resume(tiny_dataset, tmp_path):
+    """kill -9 after a mid-epoch checkpoint of the second epoch, then the same command: the weights are
+    bit-identical to an uninterrupted run's (the shuffle order and every RNG state resume, not restart)."""
     out = tmp_path / "resume"
-    cmd = [sys.executable, "-m", "hf_scdd", "squeeze", *_squeeze_args(tiny_dataset, out, epochs=6, checkpoint_steps=1)]
-    first = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    try:
-        while not list((out / "checkpoints").glob("step_*/DONE")):
-            assert first.poll() is None, "the run ended before writing a checkpoint"
-            assert time.time() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.05)
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.communicate()
+    args = ["squeeze", *_squeeze_args(tiny_dataset, out, epochs=6, checkpoint_steps=1)]
+    kill_when(args, lambda: checkpoint_done(out, min_step=6))  # 4 steps per epoch: inside epoch 2
     assert not (out / BACKBONE_DIR).exists(), "the first run finished before it could be killed"
 
-    second = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    second = subprocess.run([sys.executable, "-m", "hf_scdd", *args], env=_env(), capture_output=True, text=True,
+                            timeout=240)
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-3000:]
     assert "resuming from" in log and "step_" in log
@@ -149,3 +142,21 @@ def test_kill_and_resume(tiny_dataset, tmp_path):
     assert steps[-1] == 6 * 4
     assert steps.count(1) == 1  # the second run continued instead of starting over from step 1
     assert ResNet.from_pretrained(out / BACKBONE_DIR).training_info["epochs"] == 6
+    uninterrupted = squeeze(SqueezeConfig(output_dir=str(tmp_path / "whole"), dataset=tiny_dataset, epochs=6,
+                                          checkpoint_steps=1, **TINY))
+    assert_same_tensors(out / BACKBONE_DIR / "model.safetensors", uninterrupted / "model.safetensors")
+
+
+def test_probe_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path):
+    backbone = tmp_path / "backbone"
+    bn_backbone(num_classes=0).save_pretrained(backbone)
+    values = dict(backbone=str(backbone), dataset=tiny_dataset, epochs=150, batch_size=32, lr=0.5, cpu=True,
+                  report_to="none", mixed_precision="no")
+    out = tmp_path / "killed"
+    kill_when(["probe", *[f"--{k}={v}" for k, v in {**values, "output_dir": out}.items() if k != "cpu"]],
+              lambda: checkpoint_done(out))
+    assert not (out / MODEL_DIR).exists() and (out / "config.json").exists()
+    resumed = probe(ProbeConfig(output_dir=str(out), **values))
+    assert not (out / "checkpoints").exists()
+    uninterrupted = probe(ProbeConfig(output_dir=str(tmp_path / "whole"), **values))
+    assert_same_tensors(resumed / "model.safetensors", uninterrupted / "model.safetensors")

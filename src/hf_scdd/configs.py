@@ -6,24 +6,32 @@ in ``stages/recover.py``, ...), inheriting :class:`StageConfig` for the fields e
 does what trl's ``TrlParser`` does on top of transformers' ``HfArgumentParser``: read ``--config file.yaml``,
 use it as defaults, then apply the command line, so ``--help`` documents every field.
 
-Every stage writes its resolved config next to its output (:func:`save_config`) and refuses to reuse an
-output folder that was made with a different config (:func:`check_or_write_config`): mixing two runs'
-outputs is how distilled sets silently go wrong.
+Every config validates itself (:meth:`StageConfig.validate`: every number finite, every value in its range)
+before a stage reads or writes anything, and the pipeline validates every stage's config before running any.
+Every stage writes its resolved config next to its output (:func:`record_config`) only once its work starts,
+and refuses to reuse an output folder that was made with a different config (:func:`check_config`): mixing two
+runs' outputs is how distilled sets silently go wrong. A run whose loss became NaN/inf leaves nothing to resume
+(:func:`discard_on_divergence`), so the corrected command runs in the same folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import shutil
 import sys
+import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteError
 from .utils import atomic_write_text
 
 if TYPE_CHECKING:
@@ -32,9 +40,35 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = [
-    "ConfigError", "DistilledSetFields", "PostTrainViewFields", "StageConfig", "check_or_write_config", "config_from_dict",
-    "load_yaml", "parse_config", "save_config",
+    "ConfigError", "DistilledSetFields", "PostTrainViewFields", "StageConfig", "check_config",
+    "check_or_write_config", "config_from_dict", "discard_on_divergence", "in_range", "load_yaml", "parse_config",
+    "record_config", "save_config",
 ]
+
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+"""The values of ``--mixed_precision`` (resolved by :class:`hf_scdd.training.accelerator.Precision`)."""
+
+Check = tuple[bool, str]
+"""A validation check: (condition that must hold, the one-line message naming the flag and the fix)."""
+
+
+def in_range(flag: str, value: float | None, low: float, high: float, *, low_open: bool = False,
+             note: str = "") -> Check:
+    """The check that ``value`` (``None`` = unset, which passes) lies in ``[low, high]`` (``(low, high]`` with
+    ``low_open``); the message shows the interval so the fix is obvious. Upper bounds keep absurd values
+    (``--lr 1e6``, ``--r_bn 1e39``, which overflows float32) from running to a NaN or saturated result."""
+    ok = value is None or ((low < value) if low_open else (low <= value)) and value <= high
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+    return ok, f"--{flag} must be in {interval}, got {value!r}" + (f" ({note})" if note else "")
+
+
+def _numbers(config: Any) -> Iterator[tuple[str, float]]:
+    """Every float-valued field (lists included) of a config dataclass."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, float):
+                yield f.name, item
 
 
 @dataclass
@@ -59,9 +93,37 @@ class StageConfig:
         metadata={"help": "Accelerate tracker: 'jsonl' (built in, offline), 'tensorboard', 'wandb', ... or 'none'."},
     )
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the result to."})
+    train_split: str = field(default="train", metadata={"help": "Split of --dataset to train (and distil) on."})
+    test_split: str | None = field(
+        default=None,
+        metadata={"help": "Held-out split to score on (default: the first of test/validation/valid/val)."},
+    )
 
     # Fields that do not change the result and may differ between a run and its resumption.
     RUNTIME_FIELDS = ("cpu", "report_to", "push_to_hub")
+
+    def checks(self) -> list[Check]:
+        """The (condition, message) pairs :meth:`validate` enforces; each config (and each field mixin)
+        extends them through ``super().checks()``."""
+        return [
+            (bool(self.output_dir), "--output_dir must name a folder"),
+            (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
+            (self.mixed_precision in PRECISIONS,
+             f"--mixed_precision must be one of {list(PRECISIONS)}, got {self.mixed_precision!r}"),
+            (bool(self.train_split), "--train_split must name a split of --dataset"),
+            (self.test_split is None or self.test_split != self.train_split,
+             f"--test_split {self.test_split!r} is the training split; name a held-out split"),
+        ]
+
+    def validate(self) -> None:
+        """Refuse a config that cannot work, before a stage reads or writes anything: every number finite
+        (``--lr inf`` / ``nan``), then :meth:`checks`. Raises :class:`ConfigError` with one line."""
+        for name, value in _numbers(self):
+            if not math.isfinite(value):
+                raise ConfigError(f"--{name} must be a finite number, got {value!r}")
+        for ok, message in self.checks():
+            if not ok:
+                raise ConfigError(message)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,6 +146,9 @@ class DistilledSetFields:
     )
     teacher_revision: str | None = field(default=None, metadata={"help": "Revision of a Hub teacher."})
 
+    def checks(self) -> list[Check]:
+        return [*super().checks(), (self.distilled is None or bool(self.distilled), "--distilled must not be empty")]
+
 
 @dataclass
 class PostTrainViewFields:
@@ -102,6 +167,19 @@ class PostTrainViewFields:
     mix_alpha: float = field(
         default=1.0, metadata={"help": "Beta(alpha, alpha) for lambda (CutMix 1.0, Mixup 0.8 as in SC-DD)."}
     )
+
+    def checks(self) -> list[Check]:
+        from .augment.views import CROP_MODES, MIX_TYPES
+
+        return [
+            *super().checks(),
+            (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
+            (self.crop in CROP_MODES, f"--crop must be one of {list(CROP_MODES)}, got {self.crop!r}"),
+            in_range("crop_scale_min", self.crop_scale_min, 0, 1, low_open=True),
+            (self.crop_pad >= 0, f"--crop_pad must be >= 0, got {self.crop_pad}"),
+            (self.mix in MIX_TYPES, f"--mix must be one of {list(MIX_TYPES)}, got {self.mix!r}"),
+            in_range("mix_alpha", self.mix_alpha, 0, 100, low_open=True),
+        ]
 
     def view_spec(self) -> "ViewSpec":
         from .augment.views import ViewSpec
@@ -160,12 +238,44 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def config_from_dict(config_cls: type[T], values: dict[str, Any]) -> T:
-    """Build a config from a dict, refusing unknown keys (used by the pipeline and tests)."""
+    """Build a config from a dict (the pipeline's per-stage YAML overrides, tests), refusing unknown keys and
+    values of the wrong type; numbers written as strings (YAML reads ``1.0e6`` as one) are converted."""
     known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown field(s) {unknown} for {config_cls.__name__}")
-    return config_cls(**values)
+    hints = typing.get_type_hints(config_cls)
+    return config_cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the field type ``hint`` (``X | None``, ``list[X]``, int, float, bool, str) or ConfigError."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"--{name} must be a list, got {value!r}")
+        return [_coerce(name, item, typing.get_args(hint)[0]) for item in value]
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        ok = isinstance(value, bool)
+    elif hint in (int, float):
+        if isinstance(value, str):
+            try:
+                value = hint(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+        value = hint(value) if ok else value
+    else:
+        ok = not isinstance(hint, type) or isinstance(value, hint)
+    if not ok:
+        raise ConfigError(f"--{name} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+    return value
 
 
 def save_config(config: StageConfig, folder: str | os.PathLike, name: str = "config.json", **extra: Any) -> Path:
@@ -178,38 +288,96 @@ def save_config(config: StageConfig, folder: str | os.PathLike, name: str = "con
     return path
 
 
+def _recorded(folder: str | os.PathLike, name: str) -> dict[str, Any] | None:
+    path = Path(folder) / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def config_differences(config: StageConfig, previous: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``field: (recorded, current)`` for every result field that differs from a recorded config. A field the
+    record lacks (added to hf_scdd since) counts only when it is not at its default, so upgrading hf_scdd does
+    not orphan a folder."""
+    defaults = json.loads(json.dumps(type(config)().to_dict(), default=str)) if _constructible(config) else {}
+    current = json.loads(json.dumps(config.to_dict(), default=str))
+    return {
+        k: (previous.get(k), v)
+        for k, v in current.items()
+        if k not in config.RUNTIME_FIELDS and previous.get(k) != v
+        and not (k not in previous and k in defaults and defaults[k] == v)
+    }
+
+
+def _constructible(config: StageConfig) -> bool:
+    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+               for f in dataclasses.fields(config))
+
+
+def check_config(config: StageConfig, folder: str | os.PathLike, name: str = "config.json") -> bool:
+    """Compare ``config`` with the one recorded in ``folder`` without writing anything.
+
+    Returns True when the folder holds this config (a resumption or a finished run), False when it holds
+    none. Raises :class:`ConfigError` naming the differing fields when it holds another one, instead of
+    mixing two runs' outputs.
+    """
+    payload = _recorded(folder, name)
+    if payload is None:
+        return False
+    diffs = config_differences(config, payload.get("config", {}))
+    if diffs:
+        listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(diffs.items()))
+        raise ConfigError(
+            f"{folder} already holds the output of a run with a different config ({listing}). "
+            "Use another --output_dir, or delete the folder to start over."
+        )
+    return True
+
+
+def record_config(
+    config: StageConfig, folder: str | os.PathLike, name: str = "config.json", runtime: dict[str, Any] | None = None
+) -> None:
+    """Record ``config`` in ``folder`` as the stage's work starts (call :func:`check_config` first).
+
+    ``runtime`` (e.g. the resolved precision) is recorded under ``"runtime"`` but never compared: a resumed run
+    on other hardware may differ there; it then updates the record (earlier values under ``"runtime_earlier"``).
+    """
+    payload = _recorded(folder, name)
+    if payload is None:
+        save_config(config, folder, name, **({"runtime": runtime} if runtime is not None else {}))
+    elif runtime is not None and payload.get("runtime") != runtime:
+        if "runtime" in payload:
+            payload.setdefault("runtime_earlier", []).append(payload["runtime"])
+        payload["runtime"] = runtime
+        atomic_write_text(Path(folder) / name, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
 def check_or_write_config(
     config: StageConfig, folder: str | os.PathLike, name: str = "config.json", runtime: dict[str, Any] | None = None
 ) -> bool:
-    """Write the config into a fresh folder, or check it matches the one already there.
+    """:func:`check_config`, then :func:`record_config`: for a stage whose work starts right away.
 
-    Returns True when the folder already held this config (a resumption). Raises :class:`ConfigError` when
-    it holds a different one, naming the differing fields, instead of mixing two runs' outputs.
-    ``runtime`` (e.g. the resolved precision) is recorded under ``"runtime"`` but never compared: a resumed
-    run on other hardware may differ there; it then updates the record (earlier values under
-    ``"runtime_earlier"``).
+    Returns True when the folder already held this config (a resumption).
     """
-    path = Path(folder) / name
-    if path.exists():
-        payload = json.loads(path.read_text())
-        previous = payload.get("config", {})
-        current = json.loads(json.dumps(config.to_dict(), default=str))
-        diffs = {
-            k: (previous.get(k), v)
-            for k, v in current.items()
-            if k not in config.RUNTIME_FIELDS and previous.get(k) != v
-        }
-        if diffs:
-            listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(diffs.items()))
-            raise ConfigError(
-                f"{folder} already holds the output of a run with a different config ({listing}). "
-                "Use another --output_dir, or delete the folder to start over."
-            )
-        if runtime is not None and payload.get("runtime") != runtime:
-            if "runtime" in payload:
-                payload.setdefault("runtime_earlier", []).append(payload["runtime"])
-            payload["runtime"] = runtime
-            atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-        return True
-    save_config(config, folder, name, **({"runtime": runtime} if runtime is not None else {}))
-    return False
+    resumed = check_config(config, folder, name)
+    record_config(config, folder, name, runtime)
+    return resumed
+
+
+@contextmanager
+def discard_on_divergence(folder: str | os.PathLike, *owned: str, config_name: str = "config.json") -> Iterator[None]:
+    """Run a stage's work; when its loss becomes NaN/inf (:class:`NonFiniteError`), remove its config record
+    and the working files it ``owned`` (names or glob patterns inside ``folder``) before re-raising.
+
+    Such a run has nothing worth resuming (the same config diverges again at the same step), and its record
+    would refuse the corrected command as a "different config"; removing only what the stage itself writes
+    leaves the folder as the run found it.
+    """
+    try:
+        yield
+    except NonFiniteError:
+        for pattern in (config_name, *owned):
+            for path in Path(folder).glob(pattern):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise

@@ -14,18 +14,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .configs import ConfigError, PostTrainViewFields, StageConfig, check_or_write_config, config_from_dict
-from .utils import atomic_write_text, use_cpu
+from .configs import (
+    Check, ConfigError, PostTrainViewFields, StageConfig, check_config, config_from_dict, record_config,
+)
+from .utils import atomic_write_text, first_line, use_cpu
 
 logger = logging.getLogger(__name__)
 
+PIPELINE_CONFIG = "pipeline_config.json"
 
 @dataclass
 class PipelineConfig(StageConfig):
@@ -91,10 +96,29 @@ class PipelineConfig(StageConfig):
         if value is None:
             return {}
         if isinstance(value, str):
-            value = yaml.safe_load(value) or {}
+            try:
+                value = yaml.safe_load(value) or {}
+            except yaml.YAMLError as err:
+                raise ConfigError(
+                    f"--{stage} is not valid YAML/JSON ({first_line(err)}), e.g. --{stage} '{{epochs: 1}}'"
+                ) from err
         if not isinstance(value, dict):
             raise ConfigError(f"--{stage} must be a mapping of {stage} config fields, got {value!r}")
         return dict(value)
+
+    def checks(self) -> list[Check]:
+        """The pipeline's own fields; :func:`plan` then validates every stage config built from them."""
+        return [
+            *super().checks(),
+            (self.squeeze_method in ("mocov2", "supervised"),
+             f"--squeeze_method must be mocov2 or supervised, got {self.squeeze_method!r}"),
+            (self.eval_steps >= 1 and self.eval_points >= 1, "--eval_steps and --eval_points must be >= 1"),
+        ]
+
+
+PUSHED_LABEL_EPOCHS_DIVISOR = 10
+"""Labels pushed with a set when evaluation did not store any: 1/10 of the students' epochs, cycled (the
+``benchmarks/labels.py`` setting with 10x fewer bytes than every epoch at no measurable top-1 cost)."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -110,6 +134,110 @@ def stage_config(config: PipelineConfig, cls: type, stage: str, values: dict[str
     """Build one stage's config: shared fields, pipeline-derived values, then the user's overrides."""
     merged = {**_shared(config), **values, "output_dir": str(folder), **config.overrides(key or stage)}
     return config_from_dict(cls, merged)
+
+
+@dataclass
+class Step:
+    """One stage of the run: its marker name, the stage's ``main`` and its config."""
+
+    name: str
+    main: Callable[[Any], Any]
+    config: StageConfig
+
+
+@dataclass
+class Plan:
+    """Every stage the pipeline will run, with the paths each hands the next (known before any runs)."""
+
+    steps: list[Step]
+    recovery_model: str
+    teacher: str
+    distilled: str
+    inspect: Step
+
+
+def plan(config: PipelineConfig, *, needs_probe: bool = True, image_size: int | None = None,
+         num_classes: int | None = None) -> Plan:
+    """The stage configs of this run, each validated: an invalid value in any stage (``--ipc 0``, a bad
+    override) is refused before the first stage starts. ``needs_probe``: False when ``--backbone`` already
+    has a classifier for the dataset; ``image_size`` picks the ``auto`` protocol and ``num_classes`` sizes the
+    label epochs (before the data are read: 32 px and one class, enough to validate)."""
+    from .models.loading import BACKBONE_DIR, MODEL_DIR
+    from .stages import evaluate, inspect_bn, probe, recover, relabel, squeeze
+
+    out = Path(config.output_dir)
+    steps: list[Step] = []
+    backbone = config.backbone
+    if not backbone:
+        cfg = stage_config(config, squeeze.SqueezeConfig, "squeeze",
+                           {"method": config.squeeze_method, "arch": config.arch, "width": config.width},
+                           out / "squeeze")
+        steps.append(Step("squeeze", squeeze.main, cfg))
+        backbone = str(out / "squeeze" / BACKBONE_DIR)
+    recovery_model = backbone
+    if needs_probe or not config.backbone:
+        cfg = stage_config(config, probe.ProbeConfig, "probe", {"backbone": backbone}, out / "probe")
+        steps.append(Step("probe", probe.main, cfg))
+        recovery_model = str(out / "probe" / MODEL_DIR)
+
+    teacher, trained_teacher = config.teacher, False
+    squeezed_supervised = config.squeeze_method == "supervised" and not config.backbone
+    if teacher == "recovery" or (teacher == "supervised" and squeezed_supervised):
+        teacher = recovery_model
+    elif teacher == "supervised":
+        cfg = stage_config(config, squeeze.SqueezeConfig, "squeeze",
+                           {"method": "supervised", "arch": config.arch, "width": config.width},
+                           out / "teacher", key="teacher_squeeze")
+        steps.append(Step("teacher", squeeze.main, cfg))
+        teacher, trained_teacher = str(out / "teacher" / BACKBONE_DIR), True
+
+    values = {"backbone": recovery_model, "ipc": config.ipc, "method": config.method}
+    if config.iterations is not None:
+        values["iterations"] = config.iterations
+    distilled = str(out / "distilled")
+    steps.append(Step("recover", recover.main, stage_config(config, recover.RecoverConfig, "recover", values,
+                                                            Path(distilled))))
+    compare = config.compare_scdd and config.method != "scdd"
+    if compare:  # the paper's configuration beside the distilled set
+        steps.append(Step("recover_scdd", recover.main, stage_config(
+            config, recover.RecoverConfig, "recover", {**values, "method": "scdd"}, out / "distilled_scdd")))
+    protocol = eval_protocol(config, image_size or 32)
+    values = {"distilled": distilled, "teacher": teacher, "label_modes": list(config.label_modes),
+              "seeds": list(config.seeds), "random_baseline": config.random_baseline, "arch": config.arch,
+              "width": config.width, "eval_points": config.eval_points, **protocol}
+    eval_cfg = stage_config(config, evaluate.EvaluateConfig, "evaluate", values, out / "evaluate")
+    if "stored" in config.label_modes or config.push_to_hub:
+        steps.append(Step("relabel", relabel.main, relabel_config(config, eval_cfg, num_classes or 1)))
+    steps.append(Step("evaluate", evaluate.main, eval_cfg))
+    scdd_modes = [m for m in config.label_modes if m != "stored"]  # the paper's set has no stored labels
+    if compare and scdd_modes:
+        steps.append(Step("evaluate_scdd", evaluate.main, dataclasses.replace(
+            eval_cfg, distilled=str(out / "distilled_scdd"), random_baseline=False, full_data_baseline=False,
+            label_modes=scdd_modes, save_student=False, output_dir=str(out / "evaluate_scdd"))))
+    backbones, labels = [recovery_model], [config.squeeze_method if not config.backbone else "recovery"]
+    if teacher != recovery_model and (trained_teacher or Path(teacher).exists()):
+        backbones, labels = backbones + [teacher], labels + ["supervised teacher"]
+    inspect = config_from_dict(inspect_bn.InspectBNConfig, {**_shared(config), "output_dir": str(out / "bn_stats"),
+                                                             "backbones": backbones, "labels": labels})
+    for step in steps:
+        step.config.validate()
+    inspect.validate()
+    return Plan(steps, recovery_model, teacher, distilled, Step("inspect-bn", inspect_bn.main, inspect))
+
+
+def relabel_config(config: PipelineConfig, eval_cfg: StageConfig, num_classes: int) -> StageConfig:
+    """Relabel with evaluate's views, batch and temperature: one label epoch per student epoch when stored labels
+    are evaluated, else (a push) 1/10 of them, cycled: a pushed set always carries its soft labels."""
+    from .stages import relabel
+    from .training.post_train import student_epochs
+
+    views = {f.name: getattr(eval_cfg, f.name) for f in dataclasses.fields(PostTrainViewFields)}
+    epochs = student_epochs(config.ipc * num_classes, eval_cfg.batch_size, eval_cfg.steps, eval_cfg.epochs)
+    if "stored" not in config.label_modes:
+        epochs = max(1, math.ceil(epochs / PUSHED_LABEL_EPOCHS_DIVISOR))
+    values = {"distilled": eval_cfg.distilled, "teacher": eval_cfg.teacher, "epochs": epochs,
+              "temperature": eval_cfg.temperature, **views}
+    return stage_config(config, relabel.RelabelConfig, "relabel", values, Path(config.output_dir) / "relabel")
 
 
 def _marker(out: Path, stage: str) -> Path:
@@ -143,111 +271,54 @@ def eval_protocol(config: PipelineConfig, image_size: int) -> dict[str, Any]:
 
 
 def run(config: PipelineConfig) -> dict[str, Any]:
-    """Run every stage; returns a summary with the artefact paths and the results table."""
+    """Run every stage; returns a summary with the artefact paths and the results table.
+
+    Every stage's config is validated before the first stage runs, and ``pipeline_config.json`` is written
+    when the whole run has finished: a run that fails leaves nothing that refuses the corrected command
+    (each stage's own folder keeps its finished or resumable work).
+    """
     from accelerate import PartialState
 
     from .data import load_image_dataset
     from .models.loading import has_matching_classifier
-    from .stages import evaluate, inspect_bn, probe, recover, relabel, squeeze
 
-    state = PartialState(cpu=use_cpu(config.cpu))
+    config.validate()
+    plan(config)  # every stage config valid, before any data is read
     out = Path(config.output_dir)
+    check_config(config, out, PIPELINE_CONFIG)
+    state = PartialState(cpu=use_cpu(config.cpu))
+    data = load_image_dataset(config.dataset, image_column=config.image_column, label_column=config.label_column,
+                              train_split=config.train_split, test_split=config.test_split)
+    needs_probe = not (config.backbone and has_matching_classifier(config.backbone, data.num_classes))
+    stages = plan(config, needs_probe=needs_probe, image_size=data.image_size, num_classes=data.num_classes)
+    summary: dict[str, Any] = {"dataset": data.name, "output_dir": str(out), "recovery_model": stages.recovery_model,
+                               "teacher": stages.teacher, "distilled": stages.distilled}
+    results = {step.name: run_stage(state, out, step.name, step.main, step.config) for step in stages.steps}
+    if "relabel" in results:
+        summary["labels"] = results["relabel"]
+    report = results["evaluate"]
+    if "evaluate_scdd" in results:  # the paper's configuration, evaluated beside under the same protocol
+        report = merge_reports(report, results["evaluate_scdd"], config.method)
+
+    # the pictures a person looks at first
     if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        check_or_write_config(config, out, "pipeline_config.json")
-    state.wait_for_everyone()
-    data = load_image_dataset(config.dataset, image_column=config.image_column, label_column=config.label_column)
-    summary: dict[str, Any] = {"dataset": data.name, "output_dir": str(out)}
-
-    # 1. squeeze + probe -> the recovery model
-    if config.backbone:
-        backbone = config.backbone
-    else:
-        cfg = stage_config(config, squeeze.SqueezeConfig, "squeeze",
-                           {"method": config.squeeze_method, "arch": config.arch, "width": config.width},
-                           out / "squeeze")
-        backbone = run_stage(state, out, "squeeze", squeeze.main, cfg)
-    if config.backbone and has_matching_classifier(config.backbone, data.num_classes):
-        recovery_model = config.backbone
-    else:
-        cfg = stage_config(config, probe.ProbeConfig, "probe", {"backbone": str(backbone)}, out / "probe")
-        recovery_model = run_stage(state, out, "probe", probe.main, cfg)
-    summary["recovery_model"] = recovery_model
-
-    # 2. the relabel / KD teacher
-    if config.teacher == "recovery":
-        teacher = recovery_model
-    elif config.teacher == "supervised":
-        if config.squeeze_method == "supervised" and not config.backbone:
-            teacher = recovery_model
-        else:
-            cfg = stage_config(config, squeeze.SqueezeConfig, "squeeze",
-                               {"method": "supervised", "arch": config.arch, "width": config.width},
-                               out / "teacher", key="teacher_squeeze")
-            teacher = run_stage(state, out, "teacher", squeeze.main, cfg)
-    else:
-        teacher = config.teacher
-    summary["teacher"] = teacher
-
-    # 3. recover: the distilled set, and the paper's configuration beside it
-    values = {"backbone": str(recovery_model), "ipc": config.ipc, "method": config.method}
-    if config.iterations is not None:
-        values["iterations"] = config.iterations
-    cfg = stage_config(config, recover.RecoverConfig, "recover", values, out / "distilled")
-    distilled = run_stage(state, out, "recover", recover.main, cfg)
-    summary["distilled"] = distilled
-    scdd_set = None
-    if config.compare_scdd and config.method != "scdd":
-        cfg = stage_config(config, recover.RecoverConfig, "recover", {**values, "method": "scdd"},
-                           out / "distilled_scdd")
-        scdd_set = run_stage(state, out, "recover_scdd", recover.main, cfg)
-
-    # 4. relabel (only when stored labels are evaluated): one label epoch per post-training epoch
-    protocol = eval_protocol(config, data.image_size)
-    values = {"distilled": str(distilled), "teacher": str(teacher), "label_modes": list(config.label_modes),
-              "seeds": list(config.seeds), "random_baseline": config.random_baseline, "arch": config.arch,
-              "width": config.width, "eval_points": config.eval_points, **protocol}
-    eval_cfg = stage_config(config, evaluate.EvaluateConfig, "evaluate", values, out / "evaluate")
-    if "stored" in config.label_modes:
-        from .training.post_train import student_epochs
-
-        views = {f.name: getattr(eval_cfg, f.name) for f in dataclasses.fields(PostTrainViewFields)}
-        label_epochs = student_epochs(config.ipc * data.num_classes, eval_cfg.batch_size, eval_cfg.steps,
-                                      eval_cfg.epochs)
-        cfg = stage_config(config, relabel.RelabelConfig, "relabel",
-                           {"distilled": str(distilled), "teacher": str(teacher), "epochs": label_epochs,
-                            "temperature": eval_cfg.temperature, **views}, out / "relabel")
-        summary["labels"] = run_stage(state, out, "relabel", relabel.main, cfg)
-
-    # 5. evaluate: the distilled set vs a random real subset (and the paper's configuration), same protocol
-    report = run_stage(state, out, "evaluate", evaluate.main, eval_cfg)
-    if scdd_set is not None:
-        cfg = dataclasses.replace(eval_cfg, distilled=str(scdd_set), random_baseline=False, full_data_baseline=False,
-                                  label_modes=[m for m in config.label_modes if m != "stored"], save_student=False,
-                                  output_dir=str(out / "evaluate_scdd"))
-        scdd_report = run_stage(state, out, "evaluate_scdd", evaluate.main, cfg)
-        report = merge_reports(report, scdd_report, config.method)
-
-    # 6. the pictures a person looks at first
-    if state.is_main_process:
-        _collect_figures(out, Path(str(distilled)))
-        backbones = [str(recovery_model)] + ([str(teacher)] if teacher != recovery_model and Path(str(teacher)).exists() else [])
-        labels = [config.squeeze_method if not config.backbone else "recovery"] + (["supervised teacher"] if len(backbones) > 1 else [])
-        bn_cfg = config_from_dict(inspect_bn.InspectBNConfig, {**_shared(config), "output_dir": str(out / "bn_stats"),
-                                                                "backbones": backbones, "labels": labels})
-        inspect_bn.main(bn_cfg)
+        _collect_figures(out, Path(stages.distilled))
+        stages.inspect.main(stages.inspect.config)
         from .stages.evaluate import report_markdown
 
         results_md = report_markdown(report, f"{data.name}, IPC {config.ipc}: distilled sets vs a random real subset")
         atomic_write_text(out / "results.md", results_md)
-        print(_artefact_listing(out, recovery_model, teacher, distilled) + "\n\n" + results_md, flush=True)
+        print(_artefact_listing(out, stages.recovery_model, stages.teacher, stages.distilled) + "\n\n" + results_md,
+              flush=True)
     state.wait_for_everyone()
 
     if config.push_to_hub:
-        summary["pushed"] = push_artefacts(state, config, recovery_model, distilled, out / "evaluate" / "student")
+        summary["pushed"] = push_artefacts(state, config, stages.recovery_model, stages.distilled,
+                                           out / "evaluate" / "student")
     summary["results"] = (report or {}).get("results")
     if state.is_main_process:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+        record_config(config, out, PIPELINE_CONFIG)
     return summary
 
 

@@ -9,6 +9,8 @@
 * **Hub revisions.** The commit a Hub id resolves to, for provenance.
 * **Total memory**, which sizes recovery groups identically on every rerun on one machine.
 * **Quiet libraries**: the stage's own progress and results only.
+* **Error context**: the first line of a library's error, and where Hub ids are fetched from
+  (endpoint, ``HF_HUB_OFFLINE``), so that every message stays one line that says what was tried.
 
 Nothing here imports torch at module level, so ``hf-scdd --help`` stays instant.
 """
@@ -163,6 +165,23 @@ def resolve_hub_revision(name_or_path: str, revision: str | None = None, repo_ty
         return HfApi().repo_info(name_or_path, revision=revision, repo_type=repo_type).sha
     except Exception:  # noqa: BLE001 - provenance only; loading the repo raises the meaningful error
         return revision
+
+
+def first_line(err: BaseException) -> str:
+    """A library error's first line (some span pages), or its type when it has no message."""
+    lines = str(err).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__
+
+
+def hub_context() -> str:
+    """Where a Hub id was fetched from, for error messages: the endpoint and the offline switch, so that an
+    offline machine's "not found" reads as what it is."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return (f"from {constants.ENDPOINT} with HF_HUB_OFFLINE=1 (only the local Hub cache is read: unset "
+                "HF_HUB_OFFLINE, or fetch the repo once online)")
+    return f"from {constants.ENDPOINT} (HF_HUB_OFFLINE unset; an endpoint override is HF_ENDPOINT)"
 
 
 def quiet_libraries() -> None:

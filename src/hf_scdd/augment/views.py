@@ -20,9 +20,10 @@ CROP_MODES = ("rrc", "pad", "none")
 MIX_TYPES = ("cutmix", "mixup", "none")
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch's plan: a function of ``(seed, epoch)`` only, never of the process count."""
-    digest = hashlib.sha256(f"hf_scdd/post-train/{int(seed)}/{int(epoch)}".encode()).digest()
+def epoch_seed(seed: int, epoch: int, stream: str = "post-train") -> int:
+    """The seed of one epoch's plan (or, with another ``stream``, its shuffle order): a function of
+    ``(seed, epoch)`` only, never of the process count or of how the run was interrupted."""
+    digest = hashlib.sha256(f"hf_scdd/{stream}/{int(seed)}/{int(epoch)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 

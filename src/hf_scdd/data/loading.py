@@ -5,10 +5,17 @@ normalised to ``image`` (``datasets.Image``) and ``label`` (``ClassLabel`` with 
 per-channel normalisation statistics and the channel count the backbone expects. Columns are detected
 (``img``, ``fine_label``, ...) or named, the test split is the first of ``test``/``validation``/... that
 exists, and anything unusable is refused with a :class:`~hf_scdd.errors.DataError` naming the fix.
+
+Surprises in the data are decided explicitly, before any work: a class without training images is refused
+(every stage needs every class: the probe's classifier, recovery's images, the random baseline); grey images
+for a 3-channel backbone (or colour for a 1-channel one) are converted with a logged line; images of another
+size than the first are resized with a logged line naming the sizes (:func:`~hf_scdd.data.tensors.decode_images`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +27,9 @@ from .tensors import channel_stats, load_or_decode, normalize
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "images", "pixel_values", "picture", "png", "jpg")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "class", "target", "coarse_label", "y")
 TEST_SPLIT_CANDIDATES = ("test", "validation", "valid", "val")
+GREY_MODES = ("L", "1", "I", "I;16", "F")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,11 +104,16 @@ def load_image_dataset(
         dsd, name = _load_any(name_or_path, revision), str(name_or_path)
     dsd = _select_splits(dsd, train_split, test_split, name)
     dsd = _standardise_columns(dsd, image_column, label_column, name)
+    check_every_class_has_images(dsd["train"], name, train_split)
     first = dsd["train"][0]["image"]
+    native = 1 if first.mode in GREY_MODES else 3
     if channels is None:
-        channels = 1 if first.mode in ("L", "1", "I", "I;16", "F") else 3
+        channels = native
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels}")
+    if channels != native:
+        logger.info("%s: converting %s images to %d channel(s), as the backbone expects", name,
+                    "grey" if native == 1 else f"{first.mode}", channels)
     if image_size is None:
         image_size = max(first.size)
     data = ImageData(dsd, name, channels, (), (), int(image_size))
@@ -112,16 +127,35 @@ def load_image_dataset(
     return data
 
 
+def check_every_class_has_images(train, name: str, split: str) -> None:
+    """Refuse a dataset whose ClassLabel names a class that has no training image (reads the label column
+    only): the probe could not learn it, recovery would synthesise it from nothing, the baseline would fail."""
+    names = train.features["label"].names
+    counts = [0] * len(names)
+    for label in train["label"]:
+        counts[label] += 1
+    empty = [f"{names[c]!r} ({c})" for c, count in enumerate(counts) if count == 0]
+    if empty:
+        raise DataError(
+            f"dataset {name!r}: class(es) {', '.join(empty[:5])} of {len(names)} have no image in split {split!r}; "
+            "every class needs training images: add them, drop the class from the label feature, or pass the "
+            "split that has them with --train_split NAME"
+        )
+
+
 def _load_any(name_or_path: str, revision: str | None):
     import datasets
+
+    from ..utils import first_line, hub_context
 
     try:
         loaded = datasets.load_dataset(name_or_path, revision=revision)
     except Exception as err:  # noqa: BLE001
+        where = "" if os.path.isdir(name_or_path) else f" {hub_context()}"
         raise DataError(
-            f"could not load dataset {name_or_path!r} with datasets.load_dataset "
-            f"({type(err).__name__}: {err}). Pass a Hub dataset id, a folder in the Hub parquet layout, "
-            "or an ImageFolder directory."
+            f"could not load dataset {name_or_path!r} with datasets.load_dataset{where} ({type(err).__name__}: "
+            f"{first_line(err)}); pass a Hub dataset id, a folder in the Hub parquet layout, or an ImageFolder "
+            "directory"
         ) from err
     if not isinstance(loaded, datasets.DatasetDict):
         loaded = datasets.DatasetDict({"train": loaded})
@@ -143,7 +177,9 @@ def _select_splits(dsd, train_split: str, test_split: str | None, name: str):
                 "naming the held-out split"
             )
     elif test_split not in dsd:
-        raise DataError(f"dataset {name!r} has no split {test_split!r} (it has {sorted(dsd)})")
+        raise DataError(
+            f"dataset {name!r} has no split {test_split!r} (it has {sorted(dsd)}); pass --test_split NAME"
+        )
     return datasets.DatasetDict({"train": dsd[train_split], "test": dsd[test_split]})
 
 

@@ -8,6 +8,7 @@ cached as safetensors, keyed by the dataset's fingerprint, channel count and siz
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..utils import atomic_save_safetensors
+from ..utils import atomic_save_safetensors, first_line
+
+logger = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -59,14 +62,35 @@ def pil_to_tensor(image, mode: str, image_size: int) -> torch.Tensor:
 
 
 def decode_images(ds, channels: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode an ``image``/``label`` dataset into uint8 [N, C, S, S] and int64 [N] tensors."""
+    """Decode an ``image``/``label`` dataset into uint8 [N, C, S, S] and int64 [N] tensors.
+
+    Images of another size are resized to ``S``×``S`` (bilinear, aspect ratio not kept), and a log line
+    says how many and which sizes, so that mixed sizes are never squashed silently.
+    """
+    images, labels, note = _decode(ds, channels, image_size)
+    if note:
+        logger.warning(note)
+    return images, labels
+
+
+def _decode(ds, channels: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """:func:`decode_images` plus the resize note ('' when every image had the size)."""
     mode = "L" if channels == 1 else "RGB"
     n = len(ds)
     images = torch.empty((n, channels, image_size, image_size), dtype=torch.uint8)
     labels = torch.as_tensor(ds["label"], dtype=torch.int64)
+    resized: dict[tuple[int, int], int] = {}
     for i, example in enumerate(ds.select_columns(["image"])):
-        images[i] = pil_to_tensor(example["image"], mode, image_size)
-    return images, labels
+        image = example["image"]
+        if image.size != (image_size, image_size):
+            resized[image.size] = resized.get(image.size, 0) + 1
+        images[i] = pil_to_tensor(image, mode, image_size)
+    if not resized:
+        return images, labels, ""
+    sizes = ", ".join(f"{w}x{h}: {count}" for (w, h), count in sorted(resized.items(), key=lambda kv: -kv[1])[:5])
+    note = (f"{sum(resized.values())} of {n} images are not {image_size}x{image_size} ({sizes}): resized to "
+            f"{image_size}x{image_size} (the first training image's size), aspect ratio not kept")
+    return images, labels, note
 
 
 def tensor_cache_path(ds, channels: int, image_size: int) -> Path:
@@ -75,21 +99,32 @@ def tensor_cache_path(ds, channels: int, image_size: int) -> Path:
     return cache_dir() / "tensors" / f"{key}.safetensors"
 
 
-def save_tensors(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Cache a decoded split (atomically: concurrent processes may decode the same split)."""
-    atomic_save_safetensors(path, {"images": images, "labels": labels})
+def save_tensors(path: Path, images: torch.Tensor, labels: torch.Tensor, note: str = "") -> None:
+    """Cache a decoded split (atomically: concurrent processes may decode the same split), with its resize
+    note, so that a cached split reports its conversion as the first decode did."""
+    atomic_save_safetensors(path, {"images": images, "labels": labels}, {"note": note} if note else None)
 
 
 def load_or_decode(ds, channels: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split's tensors from the cache, decoding (and caching) them the first time."""
-    from safetensors.torch import load_file
+    """The split's tensors from the cache, decoding (and caching) them the first time; a resize note is
+    logged either way."""
+    from safetensors import SafetensorError, safe_open
 
     path = tensor_cache_path(ds, channels, image_size)
     if path.exists():
-        loaded = load_file(str(path))
-        return loaded["images"], loaded["labels"]
-    images, labels = decode_images(ds, channels, image_size)
-    save_tensors(path, images, labels)
+        try:
+            with safe_open(str(path), "pt") as f:
+                note = (f.metadata() or {}).get("note", "")
+                images, labels = f.get_tensor("images"), f.get_tensor("labels")
+            if note:
+                logger.warning(note)
+            return images, labels
+        except (SafetensorError, OSError, KeyError) as err:  # a damaged cache entry is only a cache miss
+            logger.warning("tensor cache %s is damaged (%s); decoding again", path, first_line(err))
+    images, labels, note = _decode(ds, channels, image_size)
+    if note:
+        logger.warning(note)
+    save_tensors(path, images, labels, note)
     return images, labels
 
 

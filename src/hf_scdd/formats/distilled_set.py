@@ -29,7 +29,7 @@ import torch
 from ..data.tensors import decode_images
 from ..errors import DistilledSetError
 from ..synthesis.units import Unit, shard_plan
-from ..utils import atomic_path, atomic_save_safetensors
+from ..utils import atomic_path, atomic_save_safetensors, first_line
 
 DATA_DIR = "data"
 SOFT_LABELS_DIR = "soft_labels"
@@ -175,10 +175,17 @@ def save_unit(output_dir: str | os.PathLike, unit: Unit, images: torch.Tensor, c
 
 def load_unit(output_dir: str | os.PathLike, unit: Unit) -> tuple[torch.Tensor, dict[str, str]]:
     """A finished unit's uint8 images and its metadata (seed, final CE and BN term)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(unit_path(output_dir, unit)), "pt") as f:
-        return f.get_tensor("images"), f.metadata()
+    path = unit_path(output_dir, unit)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor("images"), f.metadata()
+    except (SafetensorError, OSError) as err:
+        raise DistilledSetError(
+            f"{path} is truncated or not a safetensors file ({first_line(err)}): delete it and rerun the same "
+            "`hf-scdd recover` command (the unit is redone)"
+        ) from err
 
 
 def gather_units(out: Path, units: Sequence[Unit]) -> tuple[torch.Tensor, list[int], list[int], list[int]]:

@@ -14,13 +14,18 @@ post-training needs no teacher. This is the FKD variant in a portable form, in a
     relabel_config.json      the config that wrote them; label_bytes.json, the storage report
 
 The header of every file records the format (:class:`LabelFormat`: version, mode, counts, batch size, seed,
-temperature, top-k, dtype, teacher and revision, view settings); :class:`SoftLabelStore` reads a folder and
-validates it before any training step uses it, and :func:`replay` re-renders exactly the stored views, so the
-stored logits belong to the views the student sees. No torch internals are patched (cf. SRe²L issue #17).
+temperature, top-k, dtype, view settings) and what the labels are bound to: a fingerprint of the labelled images
+in their order (``images_sha256``, :func:`images_fingerprint` of the uint8 pixels the teacher saw) and the
+teacher (id, resolved revision, ``teacher_sha256`` of its weights). :class:`SoftLabelStore` reads a folder and
+validates it before any training step uses it (:func:`labels_for_set` also checks the binding to a distilled
+set, so labels copied from another set of the same size are refused), and :func:`replay` re-renders exactly
+the stored views, so the stored logits belong to the views the student sees. No torch internals are patched
+(cf. SRe²L issue #17).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -30,13 +35,13 @@ from typing import Any, Iterator
 import torch
 
 from ..augment.views import EpochPlan, ViewSpec, make_epoch_plan, render_batch
-from ..errors import ConfigError, SoftLabelError
-from ..models.loading import TeacherFn
-from ..utils import atomic_save_safetensors
-from .distilled_set import SOFT_LABELS_DIR
+from ..errors import ConfigError, NonFiniteError, SoftLabelError
+from ..models.loading import TeacherFn, model_fingerprint
+from ..utils import atomic_save_safetensors, first_line
+from .distilled_set import SOFT_LABELS_DIR, distilled_images
 
 FORMAT_NAME = "hf_scdd.soft_labels"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: bound to the labelled images (images_sha256, image_channels) and the teacher's weights
 COMPACT_FILE = "compact.safetensors"
 LABEL_DTYPES = ("fp16", "int8")
 
@@ -44,6 +49,14 @@ LABEL_DTYPES = ("fp16", "int8")
 def epoch_file(epoch: int) -> str:
     """The file name of one epoch's labels."""
     return f"epoch_{epoch:04d}.safetensors"
+
+
+def images_fingerprint(images_uint8: torch.Tensor) -> str:
+    """SHA-256 of uint8 images [N, C, H, W] in their order: what a label file is bound to."""
+    images = images_uint8.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tuple(images.shape)}|".encode())
+    digest.update(images.numpy().tobytes())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -68,6 +81,9 @@ class LabelFormat:
     teacher: str
     teacher_revision: str
     view: dict[str, Any]
+    images_sha256: str = ""
+    image_channels: int = 0
+    teacher_sha256: str = ""
     format_version: int = FORMAT_VERSION
 
     def metadata(self, **extra: Any) -> dict[str, str]:
@@ -85,6 +101,11 @@ class LabelFormat:
                 f"{source} uses soft-label format version {version}, newer than this hf_scdd understands "
                 f"({FORMAT_VERSION}); upgrade hf_scdd (pip install -U hf_scdd) to read it"
             )
+        if version < FORMAT_VERSION:
+            raise SoftLabelError(
+                f"{source} uses soft-label format version {version}, which does not record the images and teacher "
+                "it belongs to; delete the folder and rerun `hf-scdd relabel` to write checked labels"
+            )
         try:
             return cls(
                 mode=meta["mode"], num_images=int(meta["num_images"]), num_classes=int(meta["num_classes"]),
@@ -92,7 +113,9 @@ class LabelFormat:
                 image_size=int(meta["image_size"]), seed=int(meta["seed"]),
                 temperature=float(meta["temperature"]), topk=int(meta["topk"]), label_dtype=meta["label_dtype"],
                 teacher=meta["teacher"], teacher_revision=meta["teacher_revision"],
-                view=json.loads(meta["view"]), format_version=version,
+                view=json.loads(meta["view"]), images_sha256=meta["images_sha256"],
+                image_channels=int(meta["image_channels"]), teacher_sha256=meta["teacher_sha256"],
+                format_version=version,
             )
         except (KeyError, ValueError) as err:
             raise SoftLabelError(f"{source} has an incomplete soft-label header ({err}); rerun hf-scdd relabel") from err
@@ -108,6 +131,11 @@ def encode_logits(logits: torch.Tensor, topk: int = 0, label_dtype: str = "fp16"
     if label_dtype not in LABEL_DTYPES:
         raise ConfigError(f"label_dtype must be one of {LABEL_DTYPES}, got {label_dtype!r}")
     logits = logits.detach().float().cpu()
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteError(
+            "the teacher's logits hold NaN/inf (its weights are finite, so its activations overflow on these "
+            "images): use another --teacher"
+        )
     out: dict[str, torch.Tensor] = {}
     values = logits
     num_classes = logits.shape[1]
@@ -205,6 +233,9 @@ class SoftLabelStore:
         folder: the ``soft_labels`` folder (or the distilled-set folder that contains it).
         num_images, num_classes: what the distilled set has; a mismatch is an error.
         require_complete: every epoch ``0..num_epochs-1`` must exist (false while relabel is resuming).
+        images: the labelled uint8 images as the teacher saw them (``image_channels`` × ``image_size``²), in
+            order: labels made for other images (another set, a changed or reordered one) are refused.
+        teacher: the teacher the labels must come from (checked by the fingerprint of its weights).
     """
 
     def __init__(
@@ -214,6 +245,8 @@ class SoftLabelStore:
         num_images: int | None = None,
         num_classes: int | None = None,
         require_complete: bool = True,
+        images: torch.Tensor | None = None,
+        teacher: torch.nn.Module | None = None,
     ):
         folder = Path(folder)
         if (folder / SOFT_LABELS_DIR).is_dir():
@@ -239,6 +272,10 @@ class SoftLabelStore:
                     "delete the folder and rerun `hf-scdd relabel`"
                 )
         self._check_counts(num_images, num_classes)
+        if images is not None:
+            self.check_images(images)
+        if teacher is not None:
+            self.check_teacher(teacher)
         if require_complete and self.mode == "fkd":
             missing = [e for e in range(self.format.num_epochs) if e not in self.paths]
             if missing:
@@ -261,6 +298,26 @@ class SoftLabelStore:
                 "the teacher was trained on another label set; relabel with a teacher for these classes"
             )
 
+    def check_images(self, images_uint8: torch.Tensor) -> None:
+        """Refuse labels made for other images than ``images_uint8`` (the set decoded as the header says)."""
+        if images_fingerprint(images_uint8) != self.format.images_sha256:
+            raise SoftLabelError(
+                f"soft labels in {self.folder} were made for other images (fingerprint "
+                f"{self.format.images_sha256[:12]}, not this set's {images_fingerprint(images_uint8)[:12]}): copied "
+                f"from another distilled set, or the set changed since; delete {self.folder} and rerun "
+                "`hf-scdd relabel` on this set"
+            )
+
+    def check_teacher(self, teacher: torch.nn.Module) -> None:
+        """Refuse labels made by another teacher than ``teacher`` (compared by their weights)."""
+        if model_fingerprint(teacher) != self.format.teacher_sha256:
+            fmt = self.format
+            raise SoftLabelError(
+                f"soft labels in {self.folder} were made by teacher {fmt.teacher!r} (revision "
+                f"{fmt.teacher_revision}), whose weights differ from the --teacher given: pass that teacher, or "
+                "rerun `hf-scdd relabel` with this one"
+            )
+
     @property
     def num_epochs(self) -> int:
         return self.format.num_epochs if self.mode == "fkd" else 1
@@ -272,7 +329,9 @@ class SoftLabelStore:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError) as err:
-            raise SoftLabelError(f"{path} cannot be read ({err}); delete it and rerun `hf-scdd relabel`") from err
+            raise SoftLabelError(
+                f"{path} cannot be read ({first_line(err)}); delete it and rerun `hf-scdd relabel`"
+            ) from err
 
     def epoch(self, e: int) -> EpochLabels:
         """Epoch ``e`` (cycled over the stored epochs when training runs longer than they cover)."""
@@ -315,7 +374,8 @@ def read_header(path: Path) -> LabelFormat:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise SoftLabelError(
-            f"{path} is truncated or not a safetensors file ({err}); delete it and rerun `hf-scdd relabel`"
+            f"{path} is truncated or not a safetensors file ({first_line(err)}); delete it and rerun "
+            "`hf-scdd relabel`"
         ) from err
     return LabelFormat.from_metadata(meta, str(path))
 
@@ -326,8 +386,24 @@ def replay(images_uint8: torch.Tensor, labels: EpochLabels, device=None) -> Iter
         yield render_batch(images_uint8, labels.plan, b, device), labels.batch_logits(b)
 
 
-def label_format(config: Any, images: torch.Tensor, teacher: torch.nn.Module) -> LabelFormat:
-    """The format a ``RelabelConfig`` describes for ``images`` (uint8) and ``teacher`` (its class count)."""
+def labels_for_set(
+    folder: str | os.PathLike, dataset, *, num_classes: int | None = None, teacher: torch.nn.Module | None = None
+) -> SoftLabelStore:
+    """The soft labels in ``folder`` checked to belong to the distilled ``dataset`` (its images, in its order,
+    decoded as the labels' header says the teacher saw them) and, when given, to ``teacher``."""
+    store = SoftLabelStore(folder, num_images=len(dataset), num_classes=num_classes)
+    fmt = store.format
+    store.check_images(distilled_images(dataset, fmt.image_channels, fmt.image_size)[0])
+    if teacher is not None:
+        store.check_teacher(teacher)
+    return store
+
+
+def label_format(
+    config: Any, images: torch.Tensor, teacher: torch.nn.Module, teacher_revision: str | None = None
+) -> LabelFormat:
+    """The format a ``RelabelConfig`` describes for ``images`` (uint8) and ``teacher`` (its class count), bound
+    to both by their fingerprints; ``teacher_revision`` is the resolved Hub commit (default: the config's)."""
     num_classes = int(getattr(teacher, "num_classes", 0) or 0)
     if num_classes <= 0:
         with torch.no_grad():
@@ -338,8 +414,10 @@ def label_format(config: Any, images: torch.Tensor, teacher: torch.nn.Module) ->
         mode=config.mode, num_images=len(images), num_classes=num_classes,
         num_epochs=config.epochs if config.mode == "fkd" else 1, batch_size=config.batch_size,
         image_size=int(images.shape[-1]), seed=config.seed, temperature=config.temperature, topk=config.topk,
-        label_dtype=config.label_dtype, teacher=str(config.teacher), teacher_revision=str(config.teacher_revision),
-        view=view,
+        label_dtype=config.label_dtype, teacher=str(config.teacher),
+        teacher_revision=str(teacher_revision or config.teacher_revision), view=view,
+        images_sha256=images_fingerprint(images), image_channels=int(images.shape[1]),
+        teacher_sha256=model_fingerprint(teacher),
     )
 
 

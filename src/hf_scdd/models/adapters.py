@@ -20,6 +20,7 @@ Remote code is never executed (``trust_remote_code=False``); models without Batc
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -27,11 +28,16 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError
+from ..utils import first_line, hub_context
+
+logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 PREPROCESSOR_FILE = "preprocessor_config.json"
 DEFAULT_IMAGE_SIZE = 224
+GUESSABLE = {"image_size": ("crop_size", "size"), "mean": ("image_mean",), "std": ("image_std",)}
+"""What a model's preprocessor config supplies (value → its keys); without them these are guesses."""
 
 
 class TransformersClassifier(nn.Module):
@@ -42,6 +48,8 @@ class TransformersClassifier(nn.Module):
         mean, std: input normalisation in [0, 1] pixel units (default: ImageNet's).
         image_size: the input side length (default: 224).
         source: the repo id or folder it came from, kept in :attr:`training_info`.
+        guessed: which of ``image_size``/``mean``/``std`` are defaults rather than the model's own (no
+            preprocessor config): recovery refuses to synthesise at a guessed size that the data do not have.
     """
 
     def __init__(
@@ -52,6 +60,7 @@ class TransformersClassifier(nn.Module):
         std: list[float] | None = None,
         image_size: int = DEFAULT_IMAGE_SIZE,
         source: str | None = None,
+        guessed: tuple[str, ...] = (),
     ):
         super().__init__()
         bn_layers = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -67,6 +76,7 @@ class TransformersClassifier(nn.Module):
         self.mean = _per_channel(mean if mean is not None else IMAGENET_MEAN, self.in_channels, "image_mean")
         self.std = _per_channel(std if std is not None else IMAGENET_STD, self.in_channels, "image_std")
         self.image_size = int(image_size)
+        self.guessed = tuple(guessed)
         self.num_classes = int(config.num_labels)
         id2label = getattr(config, "id2label", None) or {}
         self.class_names = [str(id2label.get(i, id2label.get(str(i), i))) for i in range(self.num_classes)]
@@ -96,20 +106,28 @@ class TransformersClassifier(nn.Module):
                 name_or_path, revision=revision, trust_remote_code=False, output_loading_info=True, **kwargs
             )
         except (OSError, ValueError, KeyError) as err:
+            where = "" if os.path.isdir(name_or_path) else f" {hub_context()}"
             raise BackboneError(
-                f"could not load {name_or_path!r} as a transformers image classifier "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-                "It needs a config.json "
-                "whose model_type has an AutoModelForImageClassification class, and no custom code."
+                f"could not load {name_or_path!r} as a transformers image classifier{where} "
+                f"({type(err).__name__}: {first_line(err)}); it needs a config.json whose model_type has an "
+                "AutoModelForImageClassification class, and no custom code"
             ) from err
         _check_loading_info(name_or_path, info)
         processor = read_preprocessor_config(name_or_path, revision)
+        guessed = tuple(k for k, keys in GUESSABLE.items() if not any(processor.get(key) for key in keys))
+        if guessed:
+            logger.warning(
+                "%s has no %s values for %s: assuming %s; pass a model with a preprocessor_config.json (or "
+                "recover's --image_size) if that is not its input", name_or_path, PREPROCESSOR_FILE,
+                "/".join(guessed), f"{DEFAULT_IMAGE_SIZE}-px input, ImageNet mean/std",
+            )
         wrapper = cls(
             model,
             mean=processor.get("image_mean"),
             std=processor.get("image_std"),
             image_size=_image_size(processor),
             source=str(name_or_path) + (f"@{revision}" if revision else ""),
+            guessed=guessed,
         )
         return wrapper.eval()
 
@@ -166,6 +184,11 @@ def read_preprocessor_config(name_or_path: str, revision: str | None = None) -> 
             path = hf_hub_download(name_or_path, PREPROCESSOR_FILE, revision=revision)
         except EntryNotFoundError:
             return {}
+        except Exception as err:  # noqa: BLE001 - offline, missing repo, network
+            raise BackboneError(
+                f"could not fetch {PREPROCESSOR_FILE} of {name_or_path!r} {hub_context()}: {type(err).__name__}: "
+                f"{first_line(err)}; check the repo id and revision, or pass a local folder"
+            ) from err
     with open(path) as f:
         values = json.load(f)
     if not isinstance(values, dict):

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import BackboneError
 from ..hub.cards import render_model_card
-from ..utils import atomic_folder
+from ..utils import atomic_folder, first_line
 
 # arch -> (block type, blocks per stage)
 ARCHITECTURES: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -241,12 +241,23 @@ class ResNet(
 
         A local folder is read directly (the mixin prints a line for it); Hub ids go through the mixin.
         """
-        if not os.path.isdir(model_id):
-            return super()._from_pretrained(model_id=model_id, map_location=map_location, strict=strict, **kwargs)
-        download_options = ("revision", "cache_dir", "force_download", "local_files_only", "token")
-        model = cls(**{k: v for k, v in kwargs.items() if k not in download_options})
-        path = os.path.join(model_id, constants.SAFETENSORS_SINGLE_FILE)
-        return cls._load_as_safetensor(model, path, map_location, strict)
+        from safetensors import SafetensorError
+
+        local = os.path.isdir(model_id)
+        name = constants.SAFETENSORS_SINGLE_FILE
+        path = os.path.join(model_id, name) if local else f"{name} of {model_id!r}"
+        try:
+            if not local:
+                return super()._from_pretrained(model_id=model_id, map_location=map_location, strict=strict,
+                                                **kwargs)
+            download_options = ("revision", "cache_dir", "force_download", "local_files_only", "token")
+            model = cls(**{k: v for k, v in kwargs.items() if k not in download_options})
+            return cls._load_as_safetensor(model, path, map_location, strict)
+        except SafetensorError as err:
+            raise BackboneError(
+                f"{path} is truncated or not a safetensors file ({first_line(err)}): save or download the model "
+                "again (for a Hub id, delete it from the Hub cache first)"
+            ) from err
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         """The card from ``model_cards/backbone.md`` with per-model metadata (datasets, metrics)."""

@@ -5,7 +5,8 @@ Students are trained with SC-DD's post-training protocol in any of three label m
 random real subset with the same images per class (IOR = distilled − random) and optionally on the full
 training set with hard labels (HLR = full − distilled). The output folder holds ``results.json``,
 ``results.md``, ``curves.png`` and ``student/`` (the first seed's student, Hub-ready, with model-index
-results on its card); finished runs are reused on rerun.
+results on its card); finished runs are reused on rerun, and the student's run keeps its weights
+(``runs/<set-mode>/seed<N>/model``) before it counts as finished, so a resumed evaluation always has it.
 """
 
 from __future__ import annotations
@@ -18,16 +19,20 @@ from typing import Any
 
 import torch
 
-from ..configs import ConfigError, DistilledSetFields, PostTrainViewFields, StageConfig, check_or_write_config
+from ..configs import (
+    Check, ConfigError, DistilledSetFields, PostTrainViewFields, StageConfig, check_config, discard_on_divergence,
+    in_range, record_config,
+)
 from ..data.loading import ImageData
 from ..formats.distilled_set import distilled_images
-from ..formats.soft_labels import SoftLabelStore
+from ..formats.soft_labels import labels_for_set
 from ..hub.cards import StudentCardData, render_student_card
 from ..hub.loading import load_distilled
 from ..hub.push import push_model_folder
 from ..models.loading import load_backbone
+from ..models.resnet import ARCHITECTURES, STEMS, ResNet
 from ..training.accelerator import Precision
-from ..training.post_train import LABEL_MODES, check_classes, run_groups, train_student
+from ..training.post_train import LABEL_MODES, STUDENT_DIR, check_classes, run_dir, run_groups, train_groups
 from ..training.evaluation import teacher_test_top1
 from ..training.report import aggregate, markdown_report, plot_curves, protocol_checks, protocol_metrics
 from ..training.stage import load_stage_data
@@ -81,6 +86,25 @@ class EvaluateConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
     )
     save_student: bool = field(default=True, metadata={"help": "Save the first seed's student as a Hub-ready model."})
 
+    def checks(self) -> list[Check]:
+        unknown = [m for m in self.label_modes if m not in LABEL_MODES]
+        return [
+            *super().checks(),
+            (bool(self.label_modes) and not unknown,
+             f"--label_modes: unknown or no mode {unknown or self.label_modes}; choose from {list(LABEL_MODES)}"),
+            (self.arch in ARCHITECTURES, f"unknown --arch {self.arch!r}; choose one of {sorted(ARCHITECTURES)}"),
+            (self.stem in STEMS, f"unknown --stem {self.stem!r}; choose one of {list(STEMS)}"),
+            (self.width >= 1 and self.steps >= 1, "--width and --steps must be >= 1"),
+            (self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            in_range("lr", self.lr, 0, 1, low_open=True, note="AdamW; SC-DD uses 0.001"),
+            in_range("weight_decay", self.weight_decay, 0, 1),
+            in_range("temperature", self.temperature, 0, 1000, low_open=True),
+            (self.eval_points >= 1 and self.eval_batch_size >= 1, "--eval_points and --eval_batch_size must be >= 1"),
+            (bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
+             f"--seeds must be distinct, got {self.seeds}"),
+            (self.full_data_steps is None or self.full_data_steps >= 1, "--full_data_steps must be >= 1"),
+        ]
+
 
 def run_evaluation(
     config: EvaluateConfig,
@@ -97,17 +121,12 @@ def run_evaluation(
     """
     from accelerate import PartialState
 
+    config.validate()
     state = PartialState(cpu=use_cpu(config.cpu))  # as make_accelerator decides, or ranks see 1 process
     modes = list(dict.fromkeys(config.label_modes))
-    for mode in modes:
-        if mode not in LABEL_MODES:
-            raise ConfigError(f"--label_modes: unknown mode {mode!r}; choose from {LABEL_MODES}")
     precision = Precision.resolve(config.mixed_precision, state.device)
     output = Path(config.output_dir)
-    if state.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
-        check_or_write_config(config, output, runtime={"precision": precision.name})
-    state.wait_for_everyone()
+    check_config(config, output)  # compare only: the record is written once the inputs are known to be usable
     data = data if data is not None else load_stage_data(config)
     labels_dir = None
     if distilled is None:
@@ -123,9 +142,14 @@ def run_evaluation(
         folder = config.soft_labels or labels_dir
         if folder is None:
             raise ConfigError("label mode 'stored' but the distilled set has no soft_labels/; run `hf-scdd relabel`")
-        store = SoftLabelStore(folder, num_images=len(images), num_classes=data.num_classes)
+        store = labels_for_set(folder, distilled, num_classes=data.num_classes, teacher=teacher)
+    if state.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        record_config(config, output, runtime={"precision": precision.name})
+    state.wait_for_everyone()
 
-    runs, student = _train_students(config, data, run_groups(config, data, images, labels, modes, teacher, store))
+    with discard_on_divergence(output, "runs"):
+        runs = train_groups(config, data, run_groups(config, data, images, labels, modes, teacher, store))
     table = aggregate(runs)
     report = {"config": config.to_dict(), "dataset": data.name, "test_size": len(data.tensors("test")[1]),
               "num_processes": state.num_processes, "results": table, "metrics": protocol_metrics(table, modes),
@@ -136,11 +160,12 @@ def run_evaluation(
     for warning in report["checks"]:
         logger.warning(warning)
     if state.is_main_process:
+        if config.save_student:  # before results.json, which marks the evaluation finished
+            student = ResNet.from_pretrained(run_dir(config, f"distilled/{modes[0]}", config.seeds[0]) / STUDENT_DIR)
+            save_student(student, config, data, report, output / "student", modes[0])
         atomic_write_text(output / "results.json", json.dumps(report, indent=2, default=str) + "\n")
         atomic_write_text(output / "results.md", report_markdown(report, f"Evaluation of {config.distilled}"))
         plot_curves(runs, output / "curves.png")
-        if student is not None:
-            save_student(student, config, data, report, output / "student", modes[0])
     state.wait_for_everyone()
     return report
 
@@ -149,26 +174,6 @@ def report_markdown(report: dict[str, Any], title: str) -> str:
     """The Markdown table of an evaluation report (teacher row, side-by-side label modes, self-checks)."""
     return markdown_report(report["results"], report["metrics"], title, teacher_top1=report.get("teacher_top1"),
                            checks=report.get("checks"))
-
-
-def _train_students(config: EvaluateConfig, data: ImageData, groups: dict) -> tuple[dict[str, list[dict]], Any]:
-    """Every (group, seed) run, reusing finished ones; returns the results and the first distilled student
-    trained in this call (to save), if any."""
-    runs: dict[str, list[dict]] = {}
-    student = None
-    for key, spec in groups.items():
-        name = key.replace("/", "-")
-        for seed in config.seeds:
-            run_dir = Path(config.output_dir) / "runs" / name / f"seed{seed}"
-            done = run_dir / "result.json"
-            if done.exists():
-                result = json.loads(done.read_text())
-            else:
-                result, model = train_student(config, data=data, seed=seed, run_dir=run_dir, name=name, **spec(seed))
-                if student is None and key.startswith("distilled/") and config.save_student:
-                    student = model
-            runs.setdefault(key, []).append(result)
-    return runs, student
 
 
 def save_student(model, config: EvaluateConfig, data: ImageData, report: dict, folder: Path, mode: str) -> None:

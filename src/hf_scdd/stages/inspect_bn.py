@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..configs import ConfigError, StageConfig, check_or_write_config
+from ..configs import Check, ConfigError, StageConfig, check_or_write_config
 from ..losses.bn_matching import STATS, bn_layer_stats, summarize_bn_stats
-from ..models.loading import load_backbone, resolve_model_folder
+from ..models.loading import load_backbone
 from ..training.report import plot_bn_stats
 from ..utils import atomic_write_text
 
@@ -31,23 +31,25 @@ class InspectBNConfig(StageConfig):
         default=None, metadata={"help": "One display name per backbone (default: the paths)."}
     )
 
+    def checks(self) -> list[Check]:
+        labels = self.labels or list(self.backbones)
+        return [
+            *super().checks(),
+            (bool(self.backbones), "--backbones needs at least one backbone folder or Hub id"),
+            (len(labels) == len(self.backbones) and len(set(labels)) == len(labels),
+             f"--labels needs {len(self.backbones)} distinct names (one per backbone), got {labels}"),
+        ]
+
 
 def main(config: InspectBNConfig) -> dict:
     """Write ``bn_stats.json`` and ``bn_stats.png`` into ``output_dir``; returns the report."""
-    if not config.backbones:
-        raise ConfigError("--backbones needs at least one backbone folder or Hub id")
-    labels = config.labels or list(config.backbones)
-    if len(labels) != len(config.backbones) or len(set(labels)) != len(labels):
-        raise ConfigError(f"--labels needs {len(config.backbones)} distinct names (one per backbone), got {labels}")
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    check_or_write_config(config, out)
+    config.validate()
     report: dict = {"statistics": list(STATS), "models": {}}
-    for label, name in zip(labels, config.backbones):
-        model = load_backbone(resolve_model_folder(name))
+    for label, name in zip(config.labels or list(config.backbones), config.backbones):
+        model = load_backbone(name)  # a squeeze/probe output folder works too
         rows = bn_layer_stats(model)
         if not rows:
-            raise ConfigError(f"{name!r} has no BatchNorm layers with running statistics")
+            raise ConfigError(f"{name!r} has no BatchNorm layers with running statistics: pass BatchNorm backbones")
         info = getattr(model, "training_info", {}) or {}
         report["models"][label] = {
             "backbone": name,
@@ -55,6 +57,9 @@ def main(config: InspectBNConfig) -> dict:
             "summary": summarize_bn_stats(rows),
             "layers": rows,
         }
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    check_or_write_config(config, out)
     atomic_write_text(out / "bn_stats.json", json.dumps(report, indent=2) + "\n")
     plot_bn_stats(report, out / "bn_stats.png")
     print(f"[inspect-bn] wrote {out / 'bn_stats.json'} and {out / 'bn_stats.png'}")

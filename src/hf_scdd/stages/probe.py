@@ -14,18 +14,18 @@ from pathlib import Path
 
 import torch
 
-from ..configs import ConfigError, StageConfig
+from ..configs import Check, StageConfig, discard_on_divergence, in_range
 from ..data.tensors import normalize
 from ..errors import SqueezeError
 from ..hub.push import push_model_folder
-from ..models.loading import MODEL_DIR, load_backbone, resolve_model_folder
+from ..models.loading import MODEL_DIR, load_backbone
 from ..models.resnet import ResNet, plain_resnet, save_model_atomically
 from ..training.accelerator import finish_trackers
 from ..training.evaluation import evaluate_top1, extract_features
 from ..training.linear_probe import SCALINGS, calibrate_head, fit_linear_probe
-from ..training.loop import remove_checkpoints
+from ..training.loop import CHECKPOINT_DIR, remove_checkpoints
 from ..training.pretrain import training_subset
-from ..training.stage import load_stage_data, start_stage
+from ..training.stage import begin_work, load_stage_data, start_stage
 from ..utils import atomic_write_text
 
 
@@ -61,35 +61,42 @@ class ProbeConfig(StageConfig):
     )
     feature_batch_size: int = field(default=1024, metadata={"help": "Batch size of feature extraction."})
 
+    def checks(self) -> list[Check]:
+        return [
+            *super().checks(),
+            (bool(self.backbone), "probe needs --backbone (a backbone folder, a squeeze output_dir or a Hub repo id)"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1 and self.feature_batch_size >= 1, "--batch_size and --feature_batch_size must be >= 1"),
+            in_range("lr", self.lr, 0, 100, low_open=True, note="the probe's default is 0.5"),
+            in_range("momentum", self.momentum, 0, 1),
+            in_range("weight_decay", self.weight_decay, 0, 1),
+            (self.standardize in SCALINGS, f"--standardize must be one of {list(SCALINGS)}, got {self.standardize!r}"),
+            (0 < self.calibration_fraction < 0.5,
+             f"--calibration_fraction must be in (0, 0.5), got {self.calibration_fraction}"),
+            (self.max_train_samples >= 0, f"--max_train_samples must be >= 0 (0 = all), got {self.max_train_samples}"),
+        ]
+
 
 def main(config: ProbeConfig) -> Path:
     """Fit a linear probe on a frozen eval-mode backbone; returns ``output_dir/model`` (backbone + probe)."""
     from accelerate.utils import set_seed
 
-    if not config.backbone:
-        raise ConfigError("--backbone is required (a backbone folder, a squeeze output_dir or a Hub repo id)")
-    if config.standardize not in SCALINGS:
-        raise ConfigError(f"--standardize must be one of {SCALINGS}, got {config.standardize!r}")
-    if not 0 < config.calibration_fraction < 0.5:
-        raise ConfigError(f"--calibration_fraction must be in (0, 0.5), got {config.calibration_fraction}")
     out = Path(config.output_dir)
     final = out / MODEL_DIR
     start = start_stage(config, "probe", final)
-    accelerator, precision = start.accelerator, start.precision
     if start.finished:
         return final
-
-    backbone = load_backbone(resolve_model_folder(config.backbone), revision=config.revision)
-    backbone = backbone.to(accelerator.device)
+    precision = start.precision
+    backbone = load_backbone(config.backbone, revision=config.revision)  # a squeeze output folder works too
     if not isinstance(backbone, ResNet):
         raise SqueezeError(
-            f"probe needs an hf_scdd ResNet backbone; {config.backbone!r} is a {type(backbone).__name__}"
+            f"probe needs an hf_scdd ResNet backbone; {config.backbone!r} is a {type(backbone).__name__}: pass it "
+            "to recover directly if it has a classifier, or import it with hf_scdd.models.import_checkpoint"
         )
-    data = load_stage_data(config)
-    if backbone.in_channels != data.channels:
-        raise SqueezeError(
-            f"backbone expects {backbone.in_channels}-channel images, dataset {data.name!r} has {data.channels}"
-        )
+    data = load_stage_data(config, channels=backbone.in_channels)  # grey data for an RGB backbone: converted
+
+    accelerator = begin_work(config, "probe", precision)
+    backbone = backbone.to(accelerator.device)
     backbone.requires_grad_(False)
     frozen = {k: v.clone() for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
 
@@ -99,19 +106,21 @@ def main(config: ProbeConfig) -> Path:
     set_seed(config.seed)
     images, labels = data.tensors("train")
     subset = training_subset(len(images), config.max_train_samples, config.seed)
-    feats = extract_features(
-        accelerator, backbone, images[subset], preprocess, config.feature_batch_size, precision=precision
-    )
-    targets = labels[subset].to(accelerator.device)
-    held_out = int(round(config.calibration_fraction * len(feats))) if config.calibrate else 0
-    weight, bias = fit_linear_probe(
-        accelerator, feats[held_out:], targets[held_out:], data.num_classes, epochs=config.epochs,
-        batch_size=config.batch_size, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-        standardize=config.standardize, seed=config.seed, output_dir=out, precision=precision,
-    )
-    scale = 1.0
-    if held_out:
-        weight, bias, scale = calibrate_head(weight, bias, feats[:held_out], targets[:held_out])
+    with discard_on_divergence(out, CHECKPOINT_DIR, "logs"):
+        feats = extract_features(
+            accelerator, backbone, images[subset], preprocess, config.feature_batch_size, precision=precision
+        )
+        targets = labels[subset].to(accelerator.device)
+        held_out = int(round(config.calibration_fraction * len(feats))) if config.calibrate else 0
+        weight, bias = fit_linear_probe(
+            accelerator, feats[held_out:], targets[held_out:], data.num_classes, epochs=config.epochs,
+            batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
+            weight_decay=config.weight_decay, standardize=config.standardize, seed=config.seed, output_dir=out,
+            precision=precision,
+        )
+        scale = 1.0
+        if held_out:
+            weight, bias, scale = calibrate_head(weight, bias, feats[:held_out], targets[:held_out])
     backbone.reset_classifier(data.num_classes, data.class_names)
     backbone.fc.weight.data.copy_(weight)
     backbone.fc.bias.data.copy_(bias)

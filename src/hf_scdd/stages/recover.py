@@ -23,13 +23,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..configs import ConfigError, StageConfig, check_or_write_config
-from ..formats.distilled_set import IMAGE_FORMATS, gather_units, write_grid, write_shards
+from ..configs import Check, StageConfig, check_or_write_config, discard_on_divergence, in_range
+from ..formats.distilled_set import INPUTS_DIR, IMAGE_FORMATS, UNITS_DIR, gather_units, write_grid, write_shards
 from ..hub.cards import write_dataset_card
 from ..hub.push import push_distilled
 from ..models.loading import load_backbone
 from ..synthesis.engine import SynthesisSpec, recover_units
 from ..synthesis.inputs import recovery_inputs
+from ..synthesis.presets import METHODS
 from ..synthesis.selection import SELECTIONS
 from ..synthesis.setup import card_data, prepare
 from ..synthesis.units import make_groups
@@ -119,42 +120,40 @@ class RecoverConfig(StageConfig):
     # output_dir is runtime-only too: a moved (or copied) folder still resumes.
     RUNTIME_FIELDS = StageConfig.RUNTIME_FIELDS + ("output_dir", "max_group_size", "log_every")
 
-
-def validate_config(config: RecoverConfig) -> None:
-    """Refuse values that cannot work, before anything is written."""
-    if not config.backbone:
-        raise ConfigError("recover needs a recovery model: pass --backbone FOLDER_OR_HUB_ID")
-    checks = [
-        (config.ipc >= 1, f"--ipc must be >= 1 (got {config.ipc}): it is the number of images per class"),
-        (config.seed >= 0, f"--seed must be >= 0 (got {config.seed})"),
-        (config.classes_per_batch is None or config.classes_per_batch >= 0,
-         f"--classes_per_batch must be >= 0 (0 = all classes), got {config.classes_per_batch}"),
-        (config.iterations is None or config.iterations >= 0, f"--iterations must be >= 0, got {config.iterations}"),
-        (config.init in (None, "noise", "real"), f"--init must be noise or real, got {config.init!r}"),
-        (config.selection in (None, *SELECTIONS), f"--selection must be one of {SELECTIONS}, got {config.selection!r}"),
-        (config.bn_targets in (None, "running", "clean"), f"--bn_targets must be running or clean, got {config.bn_targets!r}"),
-        (config.class_bn_weight is None or 0 <= config.class_bn_weight <= 1,
-         f"--class_bn_weight must be in [0, 1], got {config.class_bn_weight}"),
-        (config.selection_pool >= 0, f"--selection_pool must be >= 0 (0 = all), got {config.selection_pool}"),
-        (config.bn_target_samples >= 1, f"--bn_target_samples must be >= 1, got {config.bn_target_samples}"),
-        (config.lr is None or config.lr > 0, f"--lr must be > 0, got {config.lr}"),
-        (config.r_bn is None or config.r_bn >= 0, f"--r_bn must be >= 0, got {config.r_bn}"),
-        (config.jitter is None or config.jitter >= 0, f"--jitter must be >= 0, got {config.jitter}"),
-        (0 < config.crop_scale_min <= 1, f"--crop_scale_min must be in (0, 1], got {config.crop_scale_min}"),
-        (config.image_format in IMAGE_FORMATS, f"--image_format must be png or jpeg, got {config.image_format!r}"),
-        (config.group_size >= 0, f"--group_size must be >= 0 (0 = automatic), got {config.group_size}"),
-        (config.max_group_size >= 1, f"--max_group_size must be >= 1, got {config.max_group_size}"),
-        (config.log_every >= 1, f"--log_every must be >= 1, got {config.log_every}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    def checks(self) -> list[Check]:
+        return [
+            *super().checks(),
+            (bool(self.backbone), "recover needs a recovery model: pass --backbone FOLDER_OR_HUB_ID"),
+            (self.ipc >= 1, f"--ipc must be >= 1 (got {self.ipc}): it is the number of images per class"),
+            (self.classes_per_batch is None or self.classes_per_batch >= 0,
+             f"--classes_per_batch must be >= 0 (0 = all classes), got {self.classes_per_batch}"),
+            (self.method in METHODS, f"unknown --method {self.method!r}; choose one of {sorted(METHODS)}"),
+            (self.iterations is None or self.iterations >= 0, f"--iterations must be >= 0, got {self.iterations}"),
+            (self.init in (None, "noise", "real"), f"--init must be noise or real, got {self.init!r}"),
+            (self.selection in (None, *SELECTIONS),
+             f"--selection must be one of {SELECTIONS}, got {self.selection!r}"),
+            (self.bn_targets in (None, "running", "clean"),
+             f"--bn_targets must be running or clean, got {self.bn_targets!r}"),
+            in_range("class_bn_weight", self.class_bn_weight, 0, 1),
+            (self.selection_pool >= 0, f"--selection_pool must be >= 0 (0 = all), got {self.selection_pool}"),
+            (self.bn_target_samples >= 1, f"--bn_target_samples must be >= 1, got {self.bn_target_samples}"),
+            in_range("lr", self.lr, 0, 10, low_open=True, note="Adam steps on normalised pixels; presets use 0.25"),
+            in_range("r_bn", self.r_bn, 0, 1e4, note="presets use 0.01; far larger overflows float32"),
+            in_range("first_bn_multiplier", self.first_bn_multiplier, 0, 1e4),
+            (self.jitter is None or self.jitter >= 0, f"--jitter must be >= 0, got {self.jitter}"),
+            in_range("crop_scale_min", self.crop_scale_min, 0, 1, low_open=True),
+            (self.image_size is None or self.image_size >= 1, f"--image_size must be >= 1, got {self.image_size}"),
+            (self.image_format in IMAGE_FORMATS, f"--image_format must be png or jpeg, got {self.image_format!r}"),
+            (self.group_size >= 0, f"--group_size must be >= 0 (0 = automatic), got {self.group_size}"),
+            (self.max_group_size >= 1, f"--max_group_size must be >= 1, got {self.max_group_size}"),
+            (self.log_every >= 1, f"--log_every must be >= 1, got {self.log_every}"),
+        ]
 
 
 def main(config: RecoverConfig) -> Path:
     """Run the recover stage (any number of processes); returns the output folder."""
     check_cpu_launch(config.cpu)
-    validate_config(config)
+    config.validate()
     context = prepare(config)
     config = context.config
     out = Path(config.output_dir)
@@ -165,12 +164,13 @@ def main(config: RecoverConfig) -> Path:
     )
     model = context.model.to(accelerator.device)
     observer = load_backbone(config.selection_model).to(accelerator.device) if config.selection_model else model
-    targets, init_images = recovery_inputs(accelerator, config, model, context.data, out, observer=observer,
-                                           precision=precision)
-    spec = SynthesisSpec.from_config(config, context.channels, context.mean, context.std, targets=targets,
-                                     init_images=init_images)
-    recover_units(accelerator, model, make_groups(context.units, config.group_size), spec, out,
-                  precision=precision, log_every=config.log_every)
+    with discard_on_divergence(out, UNITS_DIR, INPUTS_DIR, "logs"):  # a diverged run keeps no (black) unit
+        targets, init_images = recovery_inputs(accelerator, config, model, context.data, out, observer=observer,
+                                               precision=precision)
+        spec = SynthesisSpec.from_config(config, context.channels, context.mean, context.std, targets=targets,
+                                         init_images=init_images)
+        recover_units(accelerator, model, make_groups(context.units, config.group_size), spec, out,
+                      precision=precision, log_every=config.log_every)
 
     num_shards = write_shards(accelerator, context.units, out, context.class_names, config.image_format)
     if accelerator.is_main_process:

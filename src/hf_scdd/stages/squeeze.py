@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from ..configs import ConfigError, StageConfig
+from ..configs import Check, ConfigError, StageConfig, discard_on_divergence, in_range
 from ..hub.push import push_model_folder
 from ..models.loading import BACKBONE_DIR
-from ..models.resnet import plain_resnet, save_model_atomically
+from ..models.resnet import ARCHITECTURES, STEMS, plain_resnet, save_model_atomically
 from ..training.accelerator import finish_trackers
-from ..training.loop import cosine_schedule, index_loader, remove_checkpoints, train
+from ..training.loop import CHECKPOINT_DIR, cosine_schedule, index_loader, remove_checkpoints, train
 from ..training.pretrain import plan_mocov2, plan_supervised, training_subset
-from ..training.stage import load_stage_data, start_stage
+from ..training.stage import begin_work, load_stage_data, start_stage
 
 METHODS = ("mocov2", "supervised")
 
@@ -73,59 +73,74 @@ class SqueezeConfig(StageConfig):
             return self.lr
         return 0.06 if self.method == "mocov2" else 0.1
 
-
-def validate(config: SqueezeConfig) -> None:
-    """Refuse values that cannot work, before anything is written."""
-    if config.method not in METHODS:
-        raise ConfigError(f"unknown --method {config.method!r}; choose one of {METHODS}")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise ConfigError("epochs and batch_size must be >= 1")
+    def checks(self) -> list[Check]:
+        return [
+            *super().checks(),
+            (self.method in METHODS, f"unknown --method {self.method!r}; choose one of {list(METHODS)}"),
+            (self.arch in ARCHITECTURES, f"unknown --arch {self.arch!r}; choose one of {sorted(ARCHITECTURES)}"),
+            (self.stem in STEMS, f"unknown --stem {self.stem!r}; choose one of {list(STEMS)}"),
+            (self.width >= 1, f"--width must be >= 1, got {self.width}"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}"),
+            in_range("lr", self.lr, 0, 10, low_open=True, note="SGD diverges far below that; MoCo uses 0.06"),
+            in_range("momentum", self.momentum, 0, 1, low_open=False),
+            in_range("weight_decay", self.weight_decay, 0, 1),
+            (self.warmup_steps >= 0, f"--warmup_steps must be >= 0, got {self.warmup_steps}"),
+            in_range("moco_m", self.moco_m, 0, 1),
+            in_range("moco_t", self.moco_t, 0, 10, low_open=True),
+            (self.moco_k >= 1 and self.moco_dim >= 1, "--moco_k and --moco_dim must be >= 1"),
+            (self.bn_splits >= 1, f"--bn_splits must be >= 1, got {self.bn_splits}"),
+            in_range("crop_min_scale", self.crop_min_scale, 0, 1, low_open=True),
+            (self.max_train_samples >= 0, f"--max_train_samples must be >= 0 (0 = all), got {self.max_train_samples}"),
+            (self.checkpoint_steps >= 0, f"--checkpoint_steps must be >= 0, got {self.checkpoint_steps}"),
+        ]
 
 
 def main(config: SqueezeConfig) -> Path:
     """Pre-train a backbone; returns ``output_dir/backbone`` (Hub-ready). Rerun the same command to resume."""
     from accelerate.utils import set_seed
 
-    validate(config)
     out = Path(config.output_dir)
     final = out / BACKBONE_DIR
-    start = start_stage(config, f"squeeze_{config.method}", final)
-    accelerator, precision = start.accelerator, start.precision
+    run_name = f"squeeze_{config.method}"
+    start = start_stage(config, run_name, final)
     if start.finished:
         return final
-    if config.batch_size % accelerator.num_processes:
-        raise ConfigError(
-            f"batch_size {config.batch_size} is not divisible by {accelerator.num_processes} processes"
-        )
-
+    num_processes, precision = start.state.num_processes, start.precision
+    if config.batch_size % num_processes:
+        raise ConfigError(f"--batch_size {config.batch_size} is not divisible by {num_processes} processes")
     data = load_stage_data(config)
     all_images, all_labels = data.tensors("train")
     subset = training_subset(len(all_images), config.max_train_samples, config.seed)
-    images, labels = all_images[subset].to(accelerator.device), all_labels[subset].to(accelerator.device)
-    local_batch = config.batch_size // accelerator.num_processes
-    if len(images) < config.batch_size:
-        raise ConfigError(f"{len(images)} training images are fewer than one batch of {config.batch_size}")
+    if len(subset) < config.batch_size:
+        raise ConfigError(
+            f"{len(subset)} training images of {data.name!r} are fewer than one batch: lower --batch_size "
+            f"(now {config.batch_size}) or raise --max_train_samples"
+        )
 
-    set_seed(config.seed)  # identical initialisation (and MoCo queue) on every process
-    if config.method == "mocov2":
-        plan = plan_mocov2(config, data, images, accelerator)
-    else:
-        plan = plan_supervised(config, data, images, labels, accelerator)
-    optimizer = torch.optim.SGD(
-        plan.model.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
-    loader = index_loader(len(images), local_batch, seed=config.seed)
-    model, optimizer, loader = accelerator.prepare(plan.model, optimizer, loader)
-    # Unprepared on purpose: one scheduler step per optimiser step whatever the process count.
-    scheduler = cosine_schedule(optimizer, config.epochs * len(loader), config.warmup_steps)
-    set_seed(config.seed, device_specific=True)  # different views on each process
-    progress = train(
-        accelerator, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
-        step_fn=plan.make_step_fn(accelerator, model, precision), epochs=config.epochs, output_dir=out,
-        extra_state=plan.extra_state, checkpoint_steps=config.checkpoint_steps,
-        desc=f"squeeze[{config.method}]", precision=precision,
-    )
+    accelerator = begin_work(config, run_name, precision)
+    with discard_on_divergence(out, CHECKPOINT_DIR, "logs"):
+        images, labels = all_images[subset].to(accelerator.device), all_labels[subset].to(accelerator.device)
+        set_seed(config.seed)  # identical initialisation (and MoCo queue) on every process
+        if config.method == "mocov2":
+            plan = plan_mocov2(config, data, images, accelerator)
+        else:
+            plan = plan_supervised(config, data, images, labels, accelerator)
+        optimizer = torch.optim.SGD(
+            plan.model.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+        loader = index_loader(len(images), config.batch_size // num_processes, seed=config.seed)
+        model, optimizer, loader = accelerator.prepare(plan.model, optimizer, loader)
+        # Unprepared on purpose: one scheduler step per optimiser step whatever the process count.
+        scheduler = cosine_schedule(optimizer, config.epochs * len(loader), config.warmup_steps)
+        set_seed(config.seed, device_specific=True)  # different views on each process
+        progress = train(
+            accelerator, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader,
+            step_fn=plan.make_step_fn(accelerator, model, precision), epochs=config.epochs, output_dir=out,
+            extra_state=plan.extra_state, checkpoint_steps=config.checkpoint_steps,
+            desc=f"squeeze[{config.method}]", precision=precision,
+        )
     if accelerator.is_main_process:
         backbone = plain_resnet(plan.backbone_of(accelerator.unwrap_model(model)))
         backbone.update_training_info(

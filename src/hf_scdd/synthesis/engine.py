@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..augment.recovery import apply_recovery_augmentation, boxes_to_corners, sample_recovery_plan
-from ..errors import BackboneError
+from ..errors import BackboneError, NonFiniteError
 from ..formats.distilled_set import save_unit, unit_path
 from ..data.tensors import normalize
 from ..losses.bn_matching import BNStatsRecorder, BNTargets, bn_layers, grouped_recovery_loss
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 ADAM_BETAS = (0.5, 0.9)
 ADAM_EPS = 1e-8
+FINITE_CHECK_EVERY = 25
+"""Steps between reads of the on-device "a loss was NaN/inf" flag (each read is a device sync)."""
 
 
 @dataclass
@@ -142,6 +144,7 @@ def synthesize_group(
     low, high = (0.0 - mean) / std, (1.0 - mean) / std
     optimizer = torch.optim.Adam([x], lr=spec.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
     ce = bn = torch.zeros(len(units), device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # the first non-finite step, on the device
     with BNStatsRecorder(model, groups=len(units), first_bn_multiplier=spec.first_bn_multiplier,
                          targets=spec.targets, class_weight=spec.class_bn_weight) as recorder:
         for step in range(steps):
@@ -151,6 +154,9 @@ def synthesize_group(
                 model, augmented, labels, groups=len(units), r_bn=spec.r_bn,
                 first_bn_multiplier=spec.first_bn_multiplier, precision=precision, recorder=recorder,
             )
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+            if (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 == steps:
+                check_finite_synthesis(int(first_bad), units, spec)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -165,7 +171,22 @@ def synthesize_group(
                     first_bn_multiplier=spec.first_bn_multiplier, precision=precision, recorder=recorder,
                 )
         recorder.clear()
+    if not bool(torch.isfinite(x).all()):
+        check_finite_synthesis(max(steps - 1, 0), units, spec)
     return x.detach(), ce.detach(), bn.detach()
+
+
+def check_finite_synthesis(first_bad: int, units: Sequence[Unit], spec: SynthesisSpec) -> None:
+    """Stop a group whose loss (or images) became NaN/inf at step ``first_bad`` (-1: none), naming the likely
+    causes; no unit file is written for it, so nothing black is ever kept as finished."""
+    if first_bad < 0:
+        return
+    names = ", ".join(u.name for u in units[:3]) + (", ..." if len(units) > 3 else "")
+    raise NonFiniteError(
+        f"recover: the loss of unit(s) {names} became NaN/inf at step {first_bad + 1} of {spec.iterations}: "
+        f"--lr ({spec.lr:g}) or --r_bn ({spec.r_bn:g}) is likely too large for this backbone (or its BN statistics "
+        "are extreme); rerun with smaller values (this run's units were removed, so the folder takes the new config)"
+    )
 
 
 def to_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], image_format: str) -> torch.Tensor:

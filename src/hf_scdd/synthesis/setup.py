@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.loading import ImageData, load_image_dataset
+from ..data.loading import ImageData
 from ..errors import ConfigError
 from ..formats.distilled_set import load_unit
 from ..hub.cards import DistilledSetCardData, source_dataset_terms
-from ..models.loading import load_backbone
+from ..models.loading import check_synthesis_input, load_backbone
+from ..training.stage import load_stage_data
 from ..utils import resolve_hub_revision, use_cpu
 from .engine import auto_group_size, check_recovery_model
 from .presets import resolve_presets
@@ -61,11 +62,9 @@ def prepare(config: Any) -> RecoverContext:
     channels = int(getattr(model, "in_channels", 3))
     image_size = int(config.image_size or getattr(model, "image_size", 0) or 0) or None
     mean, std = getattr(model, "mean", None), getattr(model, "std", None)
-    data = load_image_dataset(
-        config.dataset, image_column=config.image_column, label_column=config.label_column, channels=channels,
-        image_size=image_size, mean=mean, std=std,
-    )
+    data = load_stage_data(config, channels=channels, image_size=image_size, mean=mean, std=std)
     check_recovery_model(model, config.backbone, data.num_classes)
+    check_synthesis_input(model, config.backbone, data, requested_size=config.image_size)
     backbone_names = getattr(model, "class_names", None)
     if backbone_names and list(backbone_names) != data.class_names:
         logger.warning("backbone class names %s differ from the dataset's %s; using the dataset's",

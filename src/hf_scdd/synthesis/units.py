@@ -46,8 +46,8 @@ def plan_units(num_classes: int, ipc: int, classes_per_batch: int, seed: int) ->
     per_batch = classes_per_batch or num_classes
     if per_batch > num_classes:
         raise ConfigError(
-            f"--classes_per_batch {per_batch} exceeds the {num_classes} classes of the dataset: a batch holds "
-            "one image of each of distinct classes. Use at most the class count (0 = all classes)."
+            f"recover's --classes_per_batch {per_batch} exceeds the {num_classes} classes of the dataset: a "
+            "batch holds one image of each of distinct classes. Use at most the class count (0 = all classes)."
         )
     chunks = [tuple(range(start, min(start + per_batch, num_classes))) for start in range(0, num_classes, per_batch)]
     return [Unit(i, c, classes, unit_seed(seed, i, c)) for i in range(ipc) for c, classes in enumerate(chunks)]

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
+from ..configs import PRECISIONS
 from ..errors import ConfigError
 from ..utils import cpu_info, use_cpu
 
-PRECISIONS = ("auto", "no", "bf16", "fp16")
 AUTO_PRECISION_ENV = "HF_SCDD_AUTO_PRECISION"
 """Environment variable forcing what ``auto`` resolves to (``bf16`` or ``no``), e.g. to test both paths."""
 

@@ -8,6 +8,16 @@ resumption from the newest checkpoint when the same command is rerun.
 
 Data for small datasets are in-memory tensors: the loader yields *indices* (sharded across processes by
 ``prepare``), and the stage's ``step_fn`` gathers and augments the batch on the device with kornia.
+
+**Resumption is exact.** The shuffle order of an epoch is a function of ``(seed, epoch)`` (:class:`EpochSampler`),
+not the state of a generator, so a resumed run replays the very order an uninterrupted run would have used;
+every other random state (Python, NumPy, torch, CUDA) is in the ``save_state`` checkpoint, and a mid-epoch
+resume skips the finished batches by iterating past them (indices only), which consumes no random numbers.
+A killed run and its rerun therefore give bit-identical weights.
+
+**Divergence stops the run.** Every step's loss is checked (it is read back for logging anyway) and the model's
+parameters after the last step: a NaN/inf raises :class:`~hf_scdd.errors.NonFiniteError` naming the step and
+the learning rate, instead of saving a broken model as finished work.
 """
 
 from __future__ import annotations
@@ -23,8 +33,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..augment.views import epoch_seed
+from ..errors import NonFiniteError
 from .accelerator import Precision
 
 logger = logging.getLogger(__name__)
@@ -50,11 +62,36 @@ class IndexDataset(Dataset):
         return i
 
 
+class EpochSampler(Sampler[int]):
+    """The indices 0..n-1 in an order that is a function of ``(seed, epoch)`` only (``set_epoch``, which
+    accelerate's prepared loader forwards), so a resumed run shuffles exactly as an uninterrupted one, on
+    every process alike (accelerate then shards the batches)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, stream="shuffle"))
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
 def index_loader(n: int, batch_size: int, *, seed: int, shuffle: bool = True, drop_last: bool = True) -> DataLoader:
-    """A seeded loader over example indices (``prepare`` shards it across processes)."""
-    generator = torch.Generator().manual_seed(seed)
+    """A loader over example indices whose order depends on ``(seed, epoch)`` only (``prepare`` shards it).
+
+    The loader's own generator is private: PyTorch draws a seed from it on every ``iter()``, which would
+    otherwise come from (and shift) the global generator that the augmentations use.
+    """
     return DataLoader(
-        IndexDataset(n), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator
+        IndexDataset(n), batch_size=batch_size, sampler=EpochSampler(n, seed, shuffle), drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -134,6 +171,26 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, global_step: int
 StepFn = Callable[[Any], dict[str, torch.Tensor]]
 
 
+def check_finite_loss(value: float, *, desc: str, step: int, epoch: int, lr: float) -> None:
+    """Stop a run whose loss became NaN/inf, naming where and the likely cause (raises NonFiniteError)."""
+    if not math.isfinite(value):
+        raise NonFiniteError(
+            f"{desc}: the loss became {value} at step {step} (epoch {epoch + 1}), learning rate {lr:g}: the "
+            "learning rate is likely too high for this model and batch size (or the inputs hold NaN/inf); "
+            "rerun with a lower --lr (this run's checkpoints were removed, so the folder takes the new config)"
+        )
+
+
+def check_finite_parameters(model: torch.nn.Module, desc: str) -> None:
+    """Refuse to hand on a model whose parameters or buffers hold NaN/inf (the last update can overflow)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(
+                f"{desc}: {name} holds NaN/inf after training: the learning rate is likely too high; rerun with "
+                "a lower --lr (this run's checkpoints were removed, so the folder takes the new config)"
+            )
+
+
 def train(
     accelerator,
     *,
@@ -198,14 +255,16 @@ def train(
         model.train()
         if on_epoch_start is not None:
             on_epoch_start(progress.epoch)
-        epoch_loader = loader
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(progress.epoch)
-        if progress.step_in_epoch:
-            epoch_loader = accelerator.skip_first_batches(loader, progress.step_in_epoch)
-        for batch in epoch_loader:
+        skip = progress.step_in_epoch  # a mid-epoch resume: iterate past the finished batches (indices only)
+        for batch_index, batch in enumerate(loader):
+            if batch_index < skip:
+                continue
             outputs = step_fn(batch)
             loss = outputs["loss"]
+            check_finite_loss(float(loss.detach()), desc=desc, step=progress.global_step + 1, epoch=progress.epoch,
+                              lr=optimizer.param_groups[0]["lr"])
             accelerator.backward(loss if scaler is None else scaler.scale(loss))
             if max_grad_norm is not None:
                 if scaler is not None:
@@ -240,6 +299,7 @@ def train(
         if progress.epoch % max(1, checkpoint_epochs) == 0 or progress.epoch == epochs:
             save_checkpoint(accelerator, output_dir, progress.global_step)
     bar.close()
+    check_finite_parameters(accelerator.unwrap_model(model), desc)
     return progress
 
 

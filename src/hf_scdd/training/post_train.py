@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from ..formats.soft_labels import InMemoryLabels, is_compact
 from ..losses.distillation import kd_loss, mixed_hard_loss
 from ..models.loading import teacher_fn
-from ..models.resnet import ResNet
+from ..models.resnet import ResNet, save_model_atomically
 from ..utils import atomic_write_text
 from .accelerator import Precision, finish_trackers, make_accelerator
 from .evaluation import evaluate_top1
@@ -46,6 +46,8 @@ from .loop import IndexDataset, cosine_schedule, remove_checkpoints, train
 logger = logging.getLogger(__name__)
 
 LABEL_MODES = ("online", "stored", "hard")
+STUDENT_DIR = "model"
+"""Sub-folder of a run folder holding the trained student when the run was asked to keep it."""
 
 # Post-training protocols: evaluate (and relabel, for the view fields) take these values. ``hf_scdd`` is the
 # library's protocol, the default of evaluate, the pipeline and the benchmarks: a budget of optimiser steps
@@ -91,6 +93,9 @@ class StudentSettings(Protocol):
     random_baseline: bool
     full_data_baseline: bool
     full_data_steps: int | None
+    seeds: list[int]
+    save_student: bool
+    output_dir: str
     cpu: bool
     mixed_precision: str
     report_to: str
@@ -122,7 +127,8 @@ class TargetSource:
         if mode == "online" and teacher is None:
             raise ConfigError("label mode 'online' needs a teacher: pass --teacher FOLDER_OR_REPO")
         if mode == "stored" and store is None:
-            raise ConfigError("label mode 'stored' needs soft labels: run `hf-scdd relabel` or pass --soft_labels")
+            raise ConfigError("label mode 'stored' needs soft labels: run `hf-scdd relabel`, or pass evaluate's "
+                              "--soft_labels FOLDER")
         self.mode, self.images, self.labels = mode, images, labels
         self.batch_size, self.view_spec, self.seed = batch_size, view_spec, seed
         self.temperature, self.t2, self.teacher, self.store = temperature, t2, teacher, store
@@ -209,11 +215,14 @@ def train_student(
     store=None,
     steps: int | None = None,
     name: str = "student",
+    keep_model: bool = False,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     """Train one student on ``images`` (uint8) with one label mode and seed; returns (result, student).
 
     ``steps`` overrides the config's step budget (the full-data run has its own). Resumable: checkpoints under
-    ``run_dir/checkpoints`` (removed when the run finishes).
+    ``run_dir/checkpoints`` (removed when the run finishes). ``keep_model`` saves the student in
+    ``run_dir/model`` before ``result.json`` marks the run finished, so a resumed evaluation that skips the run
+    still has its student.
     """
     from accelerate.utils import set_seed
 
@@ -275,10 +284,37 @@ def train_student(
     remove_checkpoints(accelerator, run_dir)
     model = accelerator.unwrap_model(student)
     if accelerator.is_main_process:
+        if keep_model:
+            save_model_atomically(model, Path(run_dir) / STUDENT_DIR)
         atomic_write_text(Path(run_dir) / "result.json", json.dumps(result, indent=2) + "\n")
     finish_trackers(accelerator)
     accelerator.free_memory()
     return result, model
+
+
+def run_dir(config: StudentSettings, key: str, seed: int) -> Path:
+    """The folder of one student run: ``<output_dir>/runs/<set>-<mode>/seed<N>``."""
+    return Path(config.output_dir) / "runs" / key.replace("/", "-") / f"seed{seed}"
+
+
+def train_groups(config: StudentSettings, data: ImageData, groups: dict[str, Callable]) -> dict[str, list[dict]]:
+    """Every (group, seed) run of an evaluation, reusing finished ones. The student's run (the first group's
+    first seed) keeps its weights in its run folder and counts as finished only with them, so whenever the
+    report is written the student can be saved."""
+    runs: dict[str, list[dict]] = {}
+    student_key = next(iter(groups))
+    for key, spec in groups.items():
+        for seed in config.seeds:
+            folder = run_dir(config, key, seed)
+            keep = config.save_student and key == student_key and seed == config.seeds[0]
+            done = folder / "result.json"
+            if done.exists() and (not keep or (folder / STUDENT_DIR / "model.safetensors").exists()):
+                result = json.loads(done.read_text())
+            else:
+                result, _ = train_student(config, data=data, seed=seed, run_dir=folder, name=key.replace("/", "-"),
+                                          keep_model=keep, **spec(seed))
+            runs.setdefault(key, []).append(result)
+    return runs
 
 
 def summarize_history(history: list[dict]) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""The start-up every training stage (squeeze, probe) shares: accelerator, precision, config check, data.
+"""The start-up every training stage (squeeze, probe) shares: validation, precision, config check, data.
 
-:func:`start_stage` builds the stage's accelerator, resolves its precision, checks its config against the
-output folder (recording the resolved precision as runtime information) and says whether the stage's final
-model already exists, in which case there is nothing to do.
+A stage starts in two steps, so that a run refused for its inputs leaves nothing behind that would lock the
+folder: :func:`start_stage` validates the config, resolves device and precision, compares the config with the
+one recorded in the output folder (without writing) and says whether the stage's final model already exists;
+the stage then loads and checks its inputs, and :func:`begin_work` records the config and builds the
+accelerator (trackers, checkpoints) as the work starts.
 """
 
 from __future__ import annotations
@@ -11,39 +13,55 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..configs import StageConfig, check_or_write_config
+from ..configs import StageConfig, check_config, record_config
 from ..data.loading import ImageData, load_image_dataset
-from .accelerator import Precision, finish_trackers, make_accelerator
+from ..utils import use_cpu
+from .accelerator import Precision, make_accelerator
 
 
 @dataclass
 class StageStart:
-    """What :func:`start_stage` hands a training stage."""
+    """What :func:`start_stage` hands a training stage: the process state (device, process count), the
+    resolved precision, and whether the final model already exists (nothing to do)."""
 
-    accelerator: Any
+    state: Any
     precision: Precision
     finished: bool
 
 
 def start_stage(config: StageConfig, run_name: str, final: Path) -> StageStart:
-    """The accelerator and precision of a training stage, its config checked against the output folder, and
-    whether the stage's final model (``final/model.safetensors``) already exists."""
+    """Validate ``config``, resolve its precision and compare it with the output folder's record (refusing a
+    different one); writes nothing."""
+    from accelerate import PartialState
+
+    config.validate()
+    state = PartialState(cpu=use_cpu(config.cpu))  # the CPU decision make_accelerator will make
+    precision = Precision.resolve(config.mixed_precision, state.device)
+    check_config(config, config.output_dir)
+    finished = (final / "model.safetensors").exists()
+    if finished and state.is_main_process:
+        record_config(config, config.output_dir, runtime={"precision": precision.name})  # runtime info only
+        print(f"[{run_name}] {final} already exists for this config; nothing to do", flush=True)
+    return StageStart(state, precision, finished)
+
+
+def begin_work(config: StageConfig, run_name: str, precision: Precision):
+    """Record the config (main process) and build the stage's accelerator: from here on the folder holds
+    this run's work, which a rerun of the same command resumes."""
     out = Path(config.output_dir)
-    accelerator = make_accelerator(
-        out, cpu=config.cpu, report_to=config.report_to, run_name=run_name, config=config.to_dict(),
-    )
-    precision = Precision.resolve(config.mixed_precision, accelerator.device)
+    accelerator = make_accelerator(out, cpu=config.cpu, report_to=config.report_to, run_name=run_name,
+                                   config=config.to_dict())
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        check_or_write_config(config, out, runtime={"precision": precision.name})
+        record_config(config, out, runtime={"precision": precision.name})
     accelerator.wait_for_everyone()
-    finished = (final / "model.safetensors").exists()
-    if finished:
-        accelerator.print(f"[{run_name}] {final} already exists for this config; nothing to do")
-        finish_trackers(accelerator)
-    return StageStart(accelerator, precision, finished)
+    return accelerator
 
 
-def load_stage_data(config: StageConfig) -> ImageData:
-    """The dataset a stage's config names, with its column overrides."""
-    return load_image_dataset(config.dataset, image_column=config.image_column, label_column=config.label_column)
+def load_stage_data(config: StageConfig, **options: Any) -> ImageData:
+    """The dataset a stage's config names, with its column and split overrides; ``options`` go to
+    :func:`~hf_scdd.data.loading.load_image_dataset` (e.g. ``channels`` of the backbone)."""
+    return load_image_dataset(
+        config.dataset, image_column=config.image_column, label_column=config.label_column,
+        train_split=config.train_split, test_split=config.test_split, **options,
+    )
