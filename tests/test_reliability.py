@@ -171,6 +171,27 @@ def test_a_diverging_student_leaves_no_runs_and_the_fixed_teacher_works(world, t
 
 
 # --------------------------------------------------------------------------------------------------------
+# 2. Exact resumption (the kill -9 tests are in test_squeeze.py): the shuffle order has no hidden state
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_the_shuffle_order_is_a_function_of_seed_and_epoch_only():
+    from accelerate import Accelerator
+
+    from hf_scdd.training.loop import index_loader
+
+    def order(loader, epoch: int) -> list[int]:
+        loader.set_epoch(epoch)
+        return torch.cat(list(loader)).tolist()
+
+    prepared = Accelerator(cpu=True).prepare(index_loader(20, 5, seed=1))
+    first, second, again = order(prepared, 0), order(prepared, 1), order(prepared, 0)
+    assert first == again != second and sorted(second) == list(range(20))
+    fresh = Accelerator(cpu=True).prepare(index_loader(20, 5, seed=1))  # a resumed process starts here
+    assert order(fresh, 1) == second
+
+
+# --------------------------------------------------------------------------------------------------------
 # 4. Soft labels bound to their set and teacher
 # --------------------------------------------------------------------------------------------------------
 

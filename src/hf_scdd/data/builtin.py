@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..utils import atomic_folder
+from ..utils import atomic_folder, first_line, hub_context
 from .tensors import cache_dir, pil_to_tensor, save_tensors, tensor_cache_path
 
 BUILTIN = "fashion_mnist"
@@ -66,8 +66,8 @@ def load_builtin():
     try:
         return datasets.load_dataset(FASHION_MNIST_HUB_ID)
     except Exception as err:  # noqa: BLE001 - we re-raise with the full story
-        tried.append(f"the Hub copy {FASHION_MNIST_HUB_ID!r} ({type(err).__name__}: {err})")
-    raise DataError("could not load the built-in Fashion-MNIST; tried:\n  - " + "\n  - ".join(tried))
+        tried.append(f"the Hub copy {FASHION_MNIST_HUB_ID!r} {hub_context()} ({type(err).__name__}: {first_line(err)})")
+    raise DataError("could not load the built-in Fashion-MNIST; tried " + "; then ".join(tried))
 
 
 def read_idx(path: Path) -> np.ndarray:

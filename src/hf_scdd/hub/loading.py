@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import DistilledSetError
 from ..formats.distilled_set import DATA_DIR, SOFT_LABELS_DIR
+from ..utils import first_line, hub_context
 
 
 def load_distilled(repo_id_or_folder: str | os.PathLike, revision: str | None = None):
@@ -32,12 +33,15 @@ def load_distilled(repo_id_or_folder: str | os.PathLike, revision: str | None = 
             path = Path(snapshot_download(str(repo_id_or_folder), repo_type="dataset", revision=revision))
         except Exception as err:
             raise DistilledSetError(
-                f"could not fetch distilled set {repo_id_or_folder!r} (revision {revision!r}): "
-                f"{type(err).__name__}: {err}. Pass a local folder or an existing Hub dataset repo id."
+                f"could not fetch distilled set {repo_id_or_folder!r} (revision {revision!r}) {hub_context()}: "
+                f"{type(err).__name__}: {first_line(err)}; pass a local folder or an existing Hub dataset repo id"
             ) from err
         resolved = path.name
     if not list((path / DATA_DIR).glob("*.parquet")):
-        raise DistilledSetError(f"{path} has no {DATA_DIR}/*.parquet shards: not a distilled set")
+        raise DistilledSetError(
+            f"{path} has no {DATA_DIR}/*.parquet shards: not a distilled set (pass the --output_dir of `hf-scdd "
+            "recover`, or a Hub dataset repo it pushed)"
+        )
     dataset = datasets.load_dataset(str(path), split="train")
     soft_labels = path / SOFT_LABELS_DIR
     return dataset, (soft_labels if soft_labels.is_dir() else None), resolved
