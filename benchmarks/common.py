@@ -145,5 +145,20 @@ def evaluate_command(setup: DatasetSetup, distilled: Path, out: Path, teacher: P
     )
 
 
+def benchmark_setup(name: str, root: str | Path) -> tuple[DatasetSetup, Path]:
+    """A dataset's setup and its models folder (``<root>/models/<name>``); one line and exit when the dataset
+    is not on this machine (CIFAR-10 lives outside the repository)."""
+    setup = DATASETS[name]
+    if not setup.available():
+        raise SystemExit(f"{name} is not available here ({setup.dataset}); the benchmark needs it on disk")
+    return setup, Path(root) / "models" / name
+
+
+def train_models(setup: DatasetSetup, models: Path, workers: int = 2) -> None:
+    """Squeeze (teacher, MoCo v2, supervised control) and the probes; finished ones are skipped."""
+    run_all(squeeze_commands(setup, models), models / "logs", workers=workers)
+    run_all(probe_commands(setup, models), models / "logs", workers=workers)
+
+
 def read_results(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "results.json").read_text())

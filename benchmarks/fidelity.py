@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 from common import (
-    DATASETS, HERE, evaluate_command, hardware_line, probe_commands, read_results, run_all, squeeze_commands,
-    stage_command, supervised_dir,
+    DATASETS, HERE, benchmark_setup, evaluate_command, hardware_line, read_results, run_all, stage_command,
+    supervised_dir, train_models,
 )
 
 PARTS = ("models", "sets", "students", "table")
@@ -157,10 +157,7 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
 
 def main() -> None:
     args = parse_args()
-    setup = DATASETS[args.dataset]
-    if not setup.available():
-        raise SystemExit(f"{args.dataset} is not available here ({setup.dataset})")
-    models = Path(args.root) / "models" / args.dataset
+    setup, models = benchmark_setup(args.dataset, args.root)
     work = Path(args.root) / "fidelity" / args.dataset
     parts = PARTS if args.part == "all" else (args.part,)
     print(f"[fidelity] {args.dataset}: {hardware_line()}", flush=True)
@@ -168,8 +165,7 @@ def main() -> None:
     for part in parts:
         start = time.time()
         if part == "models":
-            run_all(squeeze_commands(setup, models), models / "logs", workers=args.workers)
-            run_all(probe_commands(setup, models), models / "logs", workers=args.workers)
+            train_models(setup, models, args.workers)
         elif part == "sets":
             run_all(recover_commands(args, setup, models, work), work / "logs", workers=args.workers)
             write_prefix_sets(args, setup, models, work)

@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 
 from common import (
-    DATASETS, HERE, evaluate_command, hardware_line, probe_commands, read_results, run_all, squeeze_commands,
-    stage_command,
+    DATASETS, HERE, benchmark_setup, evaluate_command, hardware_line, read_results, run_all, stage_command,
+    train_models,
 )
 
 # name -> recover fields (besides backbone, dataset, ipc, seed). "scdd" is the paper's configuration.
@@ -103,14 +103,10 @@ def table(args, work: Path, names: list[str], tag: str) -> tuple[str, list[dict]
 
 def main() -> None:
     args = parse_args()
-    setup = DATASETS[args.dataset]
-    if not setup.available():
-        raise SystemExit(f"{args.dataset} is not available here ({setup.dataset})")
-    models = Path(args.root) / "models" / args.dataset
+    setup, models = benchmark_setup(args.dataset, args.root)
     work = Path(args.root) / "sweep" / f"{args.dataset}-ipc{args.ipc}"
     print(f"[sweep] {hardware_line()}", flush=True)
-    run_all(squeeze_commands(setup, models), models / "logs", workers=args.workers)
-    run_all(probe_commands(setup, models), models / "logs", workers=args.workers)
+    train_models(setup, models, args.workers)
     evaluate_candidates(args, setup, models, work, args.candidates, [args.seed], f"seed{args.seed}")
     text, rows = table(args, work, args.candidates, f"seed{args.seed}")
     if args.confirm:
