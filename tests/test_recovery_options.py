@@ -15,7 +15,7 @@ from hf_scdd.configs import ConfigError, config_from_dict
 from hf_scdd.data.tensors import normalize
 from hf_scdd.losses.bn_matching import BNStatsRecorder, BNTargets, bn_layers, grouped_recovery_loss, measure_bn_targets
 from hf_scdd.stages.recover import RecoverConfig, main
-from hf_scdd.synthesis.selection import herding, kmeans_medoids, select_real_images
+from hf_scdd.synthesis.selection import herding, kmeans_medoids, kmeans_strata, select_real_images
 
 CLASSES = ["zero", "one", "two", "three"]
 SIZE = 16
@@ -102,6 +102,9 @@ def test_kmeans_medoids_cover_the_modes_and_herding_tracks_the_mean():
     points = torch.cat([c + 0.05 * torch.randn(30, 3, generator=generator) for c in centres])
     picks = kmeans_medoids(points, 3, torch.Generator().manual_seed(1))
     assert sorted(int(i) // 30 for i in picks) == [0, 1, 2]  # one medoid in each cluster
+    strata = kmeans_strata(points, 3, torch.Generator().manual_seed(1))
+    assert sorted(int(i) // 30 for i in strata) == [0, 1, 2]  # one random member of each cluster
+    assert not torch.equal(strata.sort().values, picks.sort().values)
     again = kmeans_medoids(points, 3, torch.Generator().manual_seed(1))
     assert torch.equal(picks, again)
     herded = herding(points, 3)
@@ -114,7 +117,7 @@ def test_selection_picks_distinct_images_of_each_class_reproducibly():
     images = torch.randint(0, 255, (40, 1, 16, 16), dtype=torch.uint8)
     labels = torch.arange(40) % 4
     observer = bn_backbone(class_names=CLASSES).eval()
-    for how in ("random", "kmeans", "herding", "confident"):
+    for how in ("random", "kmeans", "strata", "herding", "confident"):
         chosen = select_real_images(observer, images, labels, num_classes=4, ipc=3, how=how, seed=5)
         assert chosen.shape == (4, 3)
         for c in range(4):

@@ -8,6 +8,8 @@ class's modes trains better students than one that repeats its most typical imag
 * ``random``: a seeded uniform draw (the random-real-subset baseline, refined or not);
 * ``kmeans``: per class, k-means (cosine, k-means++ seeding) with k = IPC on an observer's pooled features,
   and the real image nearest each centroid (a medoid): coverage of the class's modes, largest cluster first;
+* ``strata``: the same clusters, but a seeded random member of each (stratified sampling: coverage without
+  the medoids' preference for the most typical image, which KD students need less than hard-label ones);
 * ``herding``: greedy herding of the class mean in feature space (each pick brings the running mean closest
   to the class mean);
 * ``confident``: the images the observer classifies most confidently (lowest cross-entropy): RDED's
@@ -30,7 +32,7 @@ from ..data.tensors import normalize
 from ..errors import ConfigError
 from ..training.accelerator import Precision, autocast_of
 
-SELECTIONS = ("random", "kmeans", "herding", "confident")
+SELECTIONS = ("random", "kmeans", "strata", "herding", "confident")
 
 
 def class_seed(seed: int, label: int) -> int:
@@ -62,9 +64,10 @@ def observer_outputs(
     return torch.cat(outputs)
 
 
-def kmeans_medoids(features: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 30) -> torch.Tensor:
-    """Indices of the ``k`` points nearest the centroids of a cosine k-means (k-means++ seeding), one per
-    centroid and all distinct, ordered by cluster size (largest first)."""
+def cosine_kmeans(
+    features: torch.Tensor, k: int, generator: torch.Generator, iterations: int = 30
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cosine k-means with k-means++ seeding: ``(unit-norm points, centres [k, D], assignment [N])``."""
     x = F.normalize(features.double(), dim=1)
     n = len(x)
     centres = [x[int(torch.randint(n, (1,), generator=generator))]]
@@ -80,16 +83,39 @@ def kmeans_medoids(features: torch.Tensor, k: int, generator: torch.Generator, i
             members = assign == j
             if members.any():
                 c[j] = F.normalize(x[members].mean(dim=0), dim=0)
-    assign = (x @ c.T).argmax(dim=1)
-    sizes = torch.bincount(assign, minlength=k)
-    similarity = x @ c.T
+    return x, c, (x @ c.T).argmax(dim=1)
+
+
+def kmeans_medoids(features: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of the ``k`` points nearest the centroids of a cosine k-means, one per centroid and all
+    distinct, ordered by cluster size (largest first)."""
+    x, centres, assign = cosine_kmeans(features, k, generator)
+    similarity = x @ centres.T
     chosen: list[int] = []
-    for j in sorted(range(k), key=lambda j: (-int(sizes[j]), j)):
-        for i in similarity[:, j].argsort(descending=True).tolist():
-            if i not in chosen:
-                chosen.append(i)
-                break
+    for j in _largest_first(assign, k):
+        chosen.append(next(i for i in similarity[:, j].argsort(descending=True).tolist() if i not in chosen))
     return torch.tensor(chosen, dtype=torch.long)
+
+
+def kmeans_strata(features: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """One seeded random member of each of the ``k`` clusters (stratified sampling): the clusters' coverage
+    of the class's modes without the medoids' preference for the most typical image (an empty cluster gives
+    the unchosen point nearest its centre)."""
+    x, centres, assign = cosine_kmeans(features, k, generator)
+    chosen: list[int] = []
+    for j in _largest_first(assign, k):
+        members = [i for i in torch.nonzero(assign == j).flatten().tolist() if i not in chosen]
+        if members:
+            chosen.append(members[int(torch.randint(len(members), (1,), generator=generator))])
+        else:
+            nearest = (x @ centres[j]).argsort(descending=True).tolist()
+            chosen.append(next(i for i in nearest if i not in chosen))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def _largest_first(assign: torch.Tensor, k: int) -> list[int]:
+    sizes = torch.bincount(assign, minlength=k)
+    return sorted(range(k), key=lambda j: (-int(sizes[j]), j))
 
 
 def herding(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -157,4 +183,6 @@ def _pick(
         loss = F.cross_entropy(logits, torch.full((len(logits),), label), reduction="none")
         return loss.argsort(stable=True)[:ipc]
     features = observer_outputs(observer, candidates, features=True, precision=precision)
-    return kmeans_medoids(features, ipc, generator) if how == "kmeans" else herding(features, ipc)
+    if how == "herding":
+        return herding(features, ipc)
+    return (kmeans_medoids if how == "kmeans" else kmeans_strata)(features, ipc, generator)
