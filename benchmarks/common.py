@@ -52,13 +52,14 @@ class DatasetSetup:
 
 
 DATASETS = {
-    # Teachers: 92.0 % (Fashion-MNIST) and ≥ 85 % (CIFAR-10) test top-1; MoCo v2 for as long as the teacher.
+    # Teachers: 92.0 % (Fashion-MNIST) and ≥ 85 % (CIFAR-10) test top-1 (ResNet-10 width 32 reached 84.2 % in 15
+    # epochs, hence 25); MoCo v2 and its supervised control: the same architecture and budget.
     "fashion_mnist": DatasetSetup(
         "fashion_mnist", "fashion_mnist", teacher=Budget(epochs=10), ssl=Budget(epochs=10),
         supervised=Budget(epochs=10), student={"arch": "resnet10", "width": 16},
     ),
     "cifar10": DatasetSetup(
-        "cifar10", str(CIFAR10), teacher=Budget(width=32, epochs=15), ssl=Budget(epochs=15),
+        "cifar10", str(CIFAR10), teacher=Budget(width=32, epochs=25), ssl=Budget(epochs=15),
         supervised=Budget(epochs=15), student={"arch": "resnet10", "width": 16},
     ),
 }
