@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 __all__ = [
     "ConfigError", "DistilledSetFields", "PostTrainViewFields", "StageConfig", "check_or_write_config", "config_from_dict",
-    "load_yaml", "parse_config", "save_config",
+    "load_yaml", "parse_config", "record_runtime", "save_config",
 ]
 
 
@@ -49,6 +49,21 @@ class StageConfig:
     )
     image_column: str | None = field(default=None, metadata={"help": "Image column (auto-detected if unset)."})
     label_column: str | None = field(default=None, metadata={"help": "Label column (auto-detected if unset)."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "load_dataset(..., streaming=True): read the dataset as a stream (Hub-scale data, nothing "
+                  "downloaded or converted up front); implies --data_source stream."},
+    )
+    data_source: str = field(
+        default="auto",
+        metadata={"help": "How real images are read: 'memory' (decoded once into cached uint8 tensors), 'stream' "
+                  "(decoded per batch in DataLoader workers) or 'auto' (memory when the decoded train split fits "
+                  "$HF_SCDD_IN_MEMORY_MAX_BYTES, default 2 GiB). Same rows, same results."},
+    )
+    num_workers: int | None = field(
+        default=None,
+        metadata={"help": "DataLoader workers decoding streamed batches (default: the spare CPUs, at most 8)."},
+    )
     cpu: bool = field(default=False, metadata={"help": "Force the CPU even when an accelerator is present."})
     mixed_precision: str = field(
         default="auto",
@@ -60,8 +75,9 @@ class StageConfig:
     )
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the result to."})
 
-    # Fields that do not change the result and may differ between a run and its resumption.
-    RUNTIME_FIELDS = ("cpu", "report_to", "push_to_hub")
+    # Fields that do not change the result and may differ between a run and its resumption (both data
+    # sources read the same rows in the same order: tests/test_sources.py).
+    RUNTIME_FIELDS = ("cpu", "report_to", "push_to_hub", "data_source", "num_workers")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -186,18 +202,19 @@ def check_or_write_config(
     Returns True when the folder already held this config (a resumption). Raises :class:`ConfigError` when
     it holds a different one, naming the differing fields, instead of mixing two runs' outputs.
     ``runtime`` (e.g. the resolved precision) is recorded under ``"runtime"`` but never compared: a resumed
-    run on other hardware may differ there; it then updates the record (earlier values under
-    ``"runtime_earlier"``).
+    run on other hardware may differ there; it then updates the record (:func:`record_runtime`).
     """
     path = Path(folder) / name
     if path.exists():
         payload = json.loads(path.read_text())
         previous = payload.get("config", {})
         current = json.loads(json.dumps(config.to_dict(), default=str))
+        # a field the recorded config predates counts as its default (folders written by older versions)
+        defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
         diffs = {
-            k: (previous.get(k), v)
+            k: (previous.get(k, defaults.get(k)), v)
             for k, v in current.items()
-            if k not in config.RUNTIME_FIELDS and previous.get(k) != v
+            if k not in config.RUNTIME_FIELDS and previous.get(k, defaults.get(k)) != v
         }
         if diffs:
             listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(diffs.items()))
@@ -205,11 +222,26 @@ def check_or_write_config(
                 f"{folder} already holds the output of a run with a different config ({listing}). "
                 "Use another --output_dir, or delete the folder to start over."
             )
-        if runtime is not None and payload.get("runtime") != runtime:
-            if "runtime" in payload:
-                payload.setdefault("runtime_earlier", []).append(payload["runtime"])
-            payload["runtime"] = runtime
-            atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        if runtime is not None:
+            record_runtime(folder, runtime, name)
         return True
     save_config(config, folder, name, **({"runtime": runtime} if runtime is not None else {}))
     return False
+
+
+def record_runtime(folder: str | os.PathLike, values: dict[str, Any], name: str = "config.json") -> None:
+    """Add runtime information (resolved precision, data source, ...) to an existing config record.
+
+    Keys are merged into ``"runtime"``; when a value changes (a resumed run on other hardware) the previous
+    record is kept under ``"runtime_earlier"``. Nothing is written when nothing changes.
+    """
+    path = Path(folder) / name
+    payload = json.loads(path.read_text())
+    previous = payload.get("runtime")
+    merged = {**(previous or {}), **json.loads(json.dumps(values, default=str))}
+    if merged == previous:
+        return
+    if previous is not None and any(k in previous and previous[k] != v for k, v in merged.items()):
+        payload.setdefault("runtime_earlier", []).append(previous)
+    payload["runtime"] = merged
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")

@@ -146,9 +146,9 @@ def run(config: PipelineConfig) -> dict[str, Any]:
     """Run every stage; returns a summary with the artefact paths and the results table."""
     from accelerate import PartialState
 
-    from .data import load_image_dataset
     from .models.loading import has_matching_classifier
     from .stages import evaluate, inspect_bn, probe, recover, relabel, squeeze
+    from .training.stage import load_stage_data
 
     state = PartialState(cpu=use_cpu(config.cpu))
     out = Path(config.output_dir)
@@ -156,7 +156,7 @@ def run(config: PipelineConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         check_or_write_config(config, out, "pipeline_config.json")
     state.wait_for_everyone()
-    data = load_image_dataset(config.dataset, image_column=config.image_column, label_column=config.label_column)
+    data = load_stage_data(config)  # class names and image size only (no decoding, no statistics)
     summary: dict[str, Any] = {"dataset": data.name, "output_dir": str(out)}
 
     # 1. squeeze + probe -> the recovery model

@@ -27,10 +27,10 @@ from ..hub.loading import load_distilled
 from ..hub.push import push_model_folder
 from ..models.loading import load_backbone
 from ..training.accelerator import Precision
-from ..training.post_train import LABEL_MODES, check_classes, run_groups, train_student
+from ..training.post_train import LABEL_MODES, check_classes, check_full_data_baseline, run_groups, train_student
 from ..training.evaluation import teacher_test_top1
 from ..training.report import aggregate, markdown_report, plot_curves, protocol_checks, protocol_metrics
-from ..training.stage import load_stage_data
+from ..training.stage import load_stage_data, record_data_source
 from ..utils import atomic_write_text, use_cpu
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ def run_evaluation(
     for mode in modes:
         if mode not in LABEL_MODES:
             raise ConfigError(f"--label_modes: unknown mode {mode!r}; choose from {LABEL_MODES}")
+    check_full_data_baseline(config.full_data_baseline, config.streaming)
     precision = Precision.resolve(config.mixed_precision, state.device)
     output = Path(config.output_dir)
     if state.is_main_process:
@@ -109,6 +110,7 @@ def run_evaluation(
         check_or_write_config(config, output, runtime={"precision": precision.name})
     state.wait_for_everyone()
     data = data if data is not None else load_stage_data(config)
+    record_data_source(state, output, data)
     labels_dir = None
     if distilled is None:
         if not config.distilled:
@@ -127,7 +129,7 @@ def run_evaluation(
 
     runs, student = _train_students(config, data, run_groups(config, data, images, labels, modes, teacher, store))
     table = aggregate(runs)
-    report = {"config": config.to_dict(), "dataset": data.name, "test_size": len(data.tensors("test")[1]),
+    report = {"config": config.to_dict(), "dataset": data.name, "test_size": len(data.source("test")),
               "num_processes": state.num_processes, "results": table, "metrics": protocol_metrics(table, modes),
               "checks": protocol_checks(table), "runs": runs,
               "teacher_top1": teacher_test_top1(teacher, data, precision) if teacher is not None else None}

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..configs import ConfigError, StageConfig
+from ..data.sources import in_memory_max_bytes
 from ..data.tensors import normalize
 from ..errors import SqueezeError
 from ..hub.push import push_model_folder
@@ -24,8 +25,7 @@ from ..training.accelerator import finish_trackers
 from ..training.evaluation import evaluate_top1, extract_features
 from ..training.linear_probe import SCALINGS, calibrate_head, fit_linear_probe
 from ..training.loop import remove_checkpoints
-from ..training.pretrain import training_subset
-from ..training.stage import load_stage_data, start_stage
+from ..training.stage import start_stage
 from ..utils import atomic_write_text
 
 
@@ -57,9 +57,22 @@ class ProbeConfig(StageConfig):
         default=0.1, metadata={"help": "Share of the probe's training images held out for the calibration."}
     )
     max_train_samples: int = field(
-        default=10000, metadata={"help": "Seeded subset of training images for the probe (0 = all)."}
+        default=10000,
+        metadata={"help": "Seeded subset of training images for the probe (0 = all; with --streaming the first "
+                  "N of the seeded shuffled stream). Their features are held in memory."},
     )
     feature_batch_size: int = field(default=1024, metadata={"help": "Batch size of feature extraction."})
+
+
+def check_feature_budget(num_images: int, num_features: int) -> None:
+    """The probe holds one fp32 feature vector per training image: refuse more than the in-memory budget."""
+    needed = num_images * num_features * 4
+    if needed > in_memory_max_bytes():
+        raise ConfigError(
+            f"the probe's features of {num_images} images would take {needed / 2**30:.1f} GiB, over the in-memory "
+            f"budget of {in_memory_max_bytes() / 2**30:.1f} GiB ($HF_SCDD_IN_MEMORY_MAX_BYTES): pass a smaller "
+            "--max_train_samples"
+        )
 
 
 def main(config: ProbeConfig) -> Path:
@@ -85,7 +98,7 @@ def main(config: ProbeConfig) -> Path:
         raise SqueezeError(
             f"probe needs an hf_scdd ResNet backbone; {config.backbone!r} is a {type(backbone).__name__}"
         )
-    data = load_stage_data(config)
+    data = start.data
     if backbone.in_channels != data.channels:
         raise SqueezeError(
             f"backbone expects {backbone.in_channels}-channel images, dataset {data.name!r} has {data.channels}"
@@ -97,12 +110,11 @@ def main(config: ProbeConfig) -> Path:
         return normalize(x, backbone.mean, backbone.std)
 
     set_seed(config.seed)
-    images, labels = data.tensors("train")
-    subset = training_subset(len(images), config.max_train_samples, config.seed)
-    feats = extract_features(
-        accelerator, backbone, images[subset], preprocess, config.feature_batch_size, precision=precision
+    source = data.source("train").subset(config.max_train_samples, config.seed)
+    check_feature_budget(len(source), backbone.num_features)
+    feats, targets = extract_features(
+        accelerator, backbone, source, preprocess, config.feature_batch_size, precision=precision
     )
-    targets = labels[subset].to(accelerator.device)
     held_out = int(round(config.calibration_fraction * len(feats))) if config.calibrate else 0
     weight, bias = fit_linear_probe(
         accelerator, feats[held_out:], targets[held_out:], data.num_classes, epochs=config.epochs,
@@ -119,8 +131,7 @@ def main(config: ProbeConfig) -> Path:
     if not all(torch.equal(v, backbone.state_dict()[k]) for k, v in frozen.items()):
         # a guard, not an expected path: the probe must never alter the pre-trained model
         raise SqueezeError("the backbone changed during probing; this is a bug in hf_scdd")
-    test_images, test_labels = data.tensors("test")
-    top1 = evaluate_top1(accelerator, backbone, test_images, test_labels, preprocess, precision=precision)
+    top1 = evaluate_top1(accelerator, backbone, data.source("test"), preprocess, precision=precision)
     if accelerator.is_main_process:
         info = {"probe_top1": round(top1, 6), "probe_epochs": config.epochs, "probe_logit_scale": round(scale, 6),
                 "probe_head_norm": round(float(weight.norm()), 4)}

@@ -22,9 +22,10 @@ from ..hub.push import push_model_folder
 from ..models.loading import BACKBONE_DIR
 from ..models.resnet import plain_resnet, save_model_atomically
 from ..training.accelerator import finish_trackers
-from ..training.loop import cosine_schedule, index_loader, remove_checkpoints, train
-from ..training.pretrain import plan_mocov2, plan_supervised, training_subset
-from ..training.stage import load_stage_data, start_stage
+from ..training.loaders import training_loader
+from ..training.loop import cosine_schedule, remove_checkpoints, train
+from ..training.pretrain import plan_mocov2, plan_supervised
+from ..training.stage import start_stage
 
 METHODS = ("mocov2", "supervised")
 
@@ -61,7 +62,9 @@ class SqueezeConfig(StageConfig):
     )
     crop_min_scale: float = field(default=0.2, metadata={"help": "Lower bound of RandomResizedCrop's scale."})
     max_train_samples: int = field(
-        default=15000, metadata={"help": "Train on a seeded random subset of this many images (0 = all)."}
+        default=15000,
+        metadata={"help": "Train on a seeded random subset of this many images (0 = all); with --streaming, "
+                  "epochs of this many examples of the shuffled stream."},
     )
     checkpoint_steps: int = field(
         default=0, metadata={"help": "Also checkpoint every N steps (every epoch is always checkpointed)."}
@@ -98,25 +101,19 @@ def main(config: SqueezeConfig) -> Path:
             f"batch_size {config.batch_size} is not divisible by {accelerator.num_processes} processes"
         )
 
-    data = load_stage_data(config)
-    all_images, all_labels = data.tensors("train")
-    subset = training_subset(len(all_images), config.max_train_samples, config.seed)
-    images, labels = all_images[subset].to(accelerator.device), all_labels[subset].to(accelerator.device)
-    local_batch = config.batch_size // accelerator.num_processes
-    if len(images) < config.batch_size:
-        raise ConfigError(f"{len(images)} training images are fewer than one batch of {config.batch_size}")
+    data = start.data
+    source = data.source("train").subset(config.max_train_samples, config.seed)
+    if len(source) < config.batch_size:
+        raise ConfigError(f"{len(source)} training images are fewer than one batch of {config.batch_size}")
 
     set_seed(config.seed)  # identical initialisation (and MoCo queue) on every process
-    if config.method == "mocov2":
-        plan = plan_mocov2(config, data, images, accelerator)
-    else:
-        plan = plan_supervised(config, data, images, labels, accelerator)
+    plan = (plan_mocov2 if config.method == "mocov2" else plan_supervised)(config, data, accelerator)
     optimizer = torch.optim.SGD(
         plan.model.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
-    loader = index_loader(len(images), local_batch, seed=config.seed)
-    model, optimizer, loader = accelerator.prepare(plan.model, optimizer, loader)
+    model, optimizer = accelerator.prepare(plan.model, optimizer)
+    loader = training_loader(accelerator, source, config.batch_size // accelerator.num_processes, seed=config.seed)
     # Unprepared on purpose: one scheduler step per optimiser step whatever the process count.
     scheduler = cosine_schedule(optimizer, config.epochs * len(loader), config.warmup_steps)
     set_seed(config.seed, device_specific=True)  # different views on each process
@@ -129,7 +126,7 @@ def main(config: SqueezeConfig) -> Path:
     if accelerator.is_main_process:
         backbone = plain_resnet(plan.backbone_of(accelerator.unwrap_model(model)))
         backbone.update_training_info(
-            method=config.method, dataset=data.name, epochs=config.epochs, train_samples=len(images),
+            method=config.method, dataset=data.name, epochs=config.epochs, train_samples=len(source),
             final_loss=round(progress.history[-1]["loss"], 6) if progress.history else None,
             stage="squeeze", config=config.result_fields(),
         )

@@ -63,7 +63,8 @@ def prepare(config: Any) -> RecoverContext:
     mean, std = getattr(model, "mean", None), getattr(model, "std", None)
     data = load_image_dataset(
         config.dataset, image_column=config.image_column, label_column=config.label_column, channels=channels,
-        image_size=image_size, mean=mean, std=std,
+        image_size=image_size, mean=mean, std=std, streaming=config.streaming, data_source=config.data_source,
+        num_workers=config.num_workers,
     )
     check_recovery_model(model, config.backbone, data.num_classes)
     backbone_names = getattr(model, "class_names", None)

@@ -6,8 +6,9 @@ every stage: backward (with fp16 loss scaling), optimiser and per-step scheduler
 process, tracker logging, ``save_state`` checkpoints every epoch (and every ``checkpoint_steps``), and
 resumption from the newest checkpoint when the same command is rerun.
 
-Data for small datasets are in-memory tensors: the loader yields *indices* (sharded across processes by
-``prepare``), and the stage's ``step_fn`` gathers and augments the batch on the device with kornia.
+Loaders come from :mod:`hf_scdd.training.loaders` (batches of uint8 images and labels from any
+:class:`~hf_scdd.data.sources.ImageSource`, on the device; the stage's ``step_fn`` augments them there with
+kornia) or, for data already in memory (probe features, post-training batch indices), :func:`index_loader`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .accelerator import Precision
+from .loaders import skip_first_batches
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +204,7 @@ def train(
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(progress.epoch)
         if progress.step_in_epoch:
-            epoch_loader = accelerator.skip_first_batches(loader, progress.step_in_epoch)
+            epoch_loader = skip_first_batches(accelerator, loader, progress.step_in_epoch)
         for batch in epoch_loader:
             outputs = step_fn(batch)
             loss = outputs["loss"]
