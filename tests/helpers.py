@@ -110,3 +110,36 @@ def write_random_dataset(folder: Path, class_names: list[str], size: int = 16, p
         )
         ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
     return folder
+
+
+def quadrant_images(per_class: int, seed, size: int = 16):
+    """Grey images whose class (0-3) is the quadrant of a bright square: learnable in a few steps. ``seed`` is
+    an int or a numpy Generator (to continue one stream over several splits)."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for c in range(4):
+        for _ in range(per_class):
+            img = rng.integers(0, 60, (size, size)).astype(np.uint8)
+            r, q = divmod(c, 2)
+            top, left = size // 2 * r + int(rng.integers(0, 3)), size // 2 * q + int(rng.integers(0, 3))
+            img[top : top + 5, left : left + 5] = 255
+            images.append(img)
+            labels.append(c)
+    return images, labels
+
+
+def write_sharded_parquet(folder: Path, train_shards=(72, 56), test_rows: int = 32) -> Path:
+    """Quadrant images in the Hub parquet layout with several (unequal) train shards, so that a streamed
+    split gives DataLoader workers and processes shards of different lengths."""
+    images, labels = quadrant_images(sum(train_shards) // 4, seed=3)
+    order = np.random.default_rng(4).permutation(len(labels))  # classes mixed across shards
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    start = 0
+    for i, rows in enumerate(train_shards):
+        part = order[start : start + rows]
+        start += rows
+        _dataset([images[j] for j in part], [labels[j] for j in part], 4).to_parquet(
+            str(folder / "data" / f"train-{i:05d}-of-{len(train_shards):05d}.parquet"))
+    test_images, test_labels = quadrant_images(test_rows // 4, seed=5)
+    _dataset(test_images, test_labels, 4).to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
+    return folder

@@ -41,7 +41,8 @@ class ImageData:
         data_source: ``auto``, ``memory`` or ``stream`` (:func:`~hf_scdd.data.sources.choose_data_source`).
         num_workers: DataLoader workers of the streaming source (None: one per spare CPU, at most 8).
         mean, std: per-channel normalisation statistics in [0, 1] pixel units; unless given, measured on the
-            first use on a seeded sample of :data:`STATS_SAMPLES` training images.
+            first use on a seeded sample of ``stats_samples`` (:data:`STATS_SAMPLES`) training images, read
+            through the dataset's source (the same rows, so the same values, in memory or streamed).
     """
 
     dataset: "datasets.DatasetDict"  # noqa: F821
@@ -52,6 +53,7 @@ class ImageData:
     data_source: str = "auto"
     num_workers: int | None = None
     given_stats: tuple | None = None
+    stats_samples: int = STATS_SAMPLES
     stats_seed: int = 0
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -73,7 +75,7 @@ class ImageData:
 
     def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if self.given_stats is None:
-            sample = self.source("train").subset(STATS_SAMPLES, self.stats_seed)
+            sample = self.source("train").subset(self.stats_samples, self.stats_seed)
             self.given_stats = channel_stats(images for images, _ in sample.batches(256))
         return self.given_stats
 

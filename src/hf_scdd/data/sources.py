@@ -45,6 +45,10 @@ IN_MEMORY_MAX_BYTES_ENV = "HF_SCDD_IN_MEMORY_MAX_BYTES"
 DEFAULT_IN_MEMORY_MAX_BYTES = 2 * 1024**3
 SHUFFLE_BUFFER = 10_000
 """Examples in the shuffle buffer of a streamed dataset (training, subsets, the statistics sample)."""
+TRAINING_INPUT_SHARDS = 10
+"""Shards a training stream's buffer reads from at once (datasets' default: better mixing of classes when
+shards are sorted). Subsets read one shard at a time: datasets waits 5 s for the reader threads of an
+interleaved parquet stream to shut down, once per pass, which a short pass would pay in full."""
 
 
 def in_memory_max_bytes() -> int:
@@ -270,7 +274,7 @@ class IterableSource(ImageSource):
     def _stream(self):
         ds = self.dataset
         if self.shuffle_seed is not None:
-            ds = ds.shuffle(seed=self.shuffle_seed, buffer_size=SHUFFLE_BUFFER)
+            ds = ds.shuffle(seed=self.shuffle_seed, buffer_size=SHUFFLE_BUFFER, max_buffer_input_shards=1)
         return ds.take(self.limit) if self.limit is not None else ds
 
     def _workers(self, ds) -> int:
@@ -289,7 +293,7 @@ class IterableSource(ImageSource):
         """``(decoded examples of this rank's shuffled shards, the datasets object to set_epoch on, workers)``."""
         from datasets.distributed import split_dataset_by_node
 
-        ds = self.dataset.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
+        ds = self.dataset.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER, max_buffer_input_shards=TRAINING_INPUT_SHARDS)
         if world_size > 1:
             ds = split_dataset_by_node(ds, rank, world_size)
         return DecodedStream(ds, self.decoder), ds, self._workers(ds)

@@ -32,8 +32,8 @@ def training_loader(accelerator, source: ImageSource, batch_size: int, *, seed: 
         loader = DataLoader(
             source.rows(), batch_size=batch_size, shuffle=True, drop_last=drop_last,
             generator=torch.Generator().manual_seed(seed), num_workers=source.num_workers,
-            persistent_workers=source.num_workers > 0, collate_fn=already_batched,
-        )
+            collate_fn=already_batched,  # not persistent: a persistent iterator skips the per-epoch draw of
+        )                                # the workers' base seed from the generator, changing the shuffles
         return accelerator.prepare(loader)
     steps = len(source) // (batch_size * accelerator.num_processes)
     if steps < 1:
