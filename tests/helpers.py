@@ -31,10 +31,11 @@ def _png(array) -> dict:
     return {"bytes": buffer.getvalue(), "path": None}
 
 
-def _dataset(images, labels, num_classes: int, extra: dict | None = None):
+def _dataset(images, labels, num_classes: int, extra: dict | None = None, class_names=None):
     import datasets
 
-    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=[f"c{i}" for i in range(num_classes)])}
+    names = class_names or [f"c{i}" for i in range(num_classes)]
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=names)}
     columns = {"image": [_png(x) for x in images], "label": labels}
     for name, values in (extra or {}).items():
         features[name] = datasets.Value("int64")
@@ -52,12 +53,14 @@ def write_image_dataset(folder: Path, n_train_per_class: int = 20, n_test_per_cl
     return folder
 
 
-def write_distilled(folder: Path, ipc: int = 4, num_classes: int = 3, size: int = 12, seed: int = 7) -> Path:
+def write_distilled(folder: Path, ipc: int = 4, num_classes: int = 3, size: int = 12, seed: int = 7,
+                    class_names=None) -> Path:
     """A distilled-set-like folder: data/train-*.parquet with image, label, ipc_index, unit_seed."""
     images, labels = synthetic_images(ipc, num_classes, size, seed)
     ipc_index = [i % ipc for i in range(len(labels))]
     (folder / "data").mkdir(parents=True, exist_ok=True)
-    _dataset(images, labels, num_classes, {"ipc_index": ipc_index, "unit_seed": ipc_index}).to_parquet(
+    extra = {"ipc_index": ipc_index, "unit_seed": ipc_index}
+    _dataset(images, labels, num_classes, extra, class_names).to_parquet(
         str(folder / "data" / "train-00000-of-00001.parquet")
     )
     return folder

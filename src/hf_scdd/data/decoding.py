@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 """``(uint8 images [B, C, S, S], int64 labels [B])``: what every source yields."""
@@ -66,6 +66,13 @@ def undecoded(dataset: Any) -> Any:
 
     feature = dataset.features["image"]
     return dataset.cast_column("image", datasets.Image(mode=getattr(feature, "mode", None), decode=False))
+
+
+def pass_loader(dataset: Dataset | IterableDataset, batch_size: int, num_workers: int, **kwargs) -> DataLoader:
+    """An ordered DataLoader for one pass over ``dataset``, with its own generator: a DataLoader without one
+    draws its workers' base seed from the global torch RNG, which would make model initialisation and
+    augmentation depend on whether (and how often) data were read through workers."""
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator(), **kwargs)
 
 
 def already_batched(batch: Batch) -> Batch:

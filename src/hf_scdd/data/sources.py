@@ -34,10 +34,10 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data import Dataset, IterableDataset, Subset
 
 from ..errors import ConfigError, DataError
-from .decoding import Batch, DecodedRows, DecodedStream, Decoder, TensorRows, already_batched
+from .decoding import Batch, DecodedRows, DecodedStream, Decoder, TensorRows, already_batched, pass_loader
 from .tensors import per_class_subset, training_subset
 
 DATA_SOURCES = ("auto", "memory", "stream")
@@ -168,9 +168,7 @@ class _RowSource(ImageSource):
 
     def batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         part = list(rank_part(len(self), rank, world_size))
-        loader = DataLoader(Subset(self.rows(), part), batch_size=batch_size, num_workers=self.num_workers,
-                            collate_fn=already_batched)
-        yield from loader
+        yield from pass_loader(Subset(self.rows(), part), batch_size, self.num_workers, collate_fn=already_batched)
 
     def per_class_subsets(self, per_class: int, seeds: list[int], num_classes: int) -> dict[int, Batch]:
         labels = self.labels()
@@ -287,7 +285,7 @@ class IterableSource(ImageSource):
         if world_size > 1:
             ds = split_dataset_by_node(ds, rank, world_size, strategy="examples" if fixed else "auto")
         workers = 0 if fixed else self._workers(ds)
-        yield from DataLoader(DecodedStream(ds, self.decoder), batch_size=batch_size, num_workers=workers)
+        yield from pass_loader(DecodedStream(ds, self.decoder), batch_size, workers)
 
     def training_stream(self, seed: int, rank: int, world_size: int) -> tuple[IterableDataset, Any, int]:
         """``(decoded examples of this rank's shuffled shards, the datasets object to set_epoch on, workers)``."""

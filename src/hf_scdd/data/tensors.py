@@ -16,7 +16,7 @@ import torch
 
 from ..errors import DataError
 from ..utils import atomic_save_safetensors
-from .decoding import DecodedRows, Decoder, already_batched, pil_to_tensor, undecoded
+from .decoding import DecodedRows, Decoder, already_batched, pass_loader, pil_to_tensor, undecoded
 
 __all__ = [
     "cache_dir", "channel_stats", "decode_images", "denormalize", "load_or_decode", "normalize", "per_class_subset",
@@ -50,13 +50,11 @@ def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
 def decode_images(ds, channels: int, image_size: int, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode an ``image``/``label`` dataset into uint8 [N, C, S, S] and int64 [N] tensors, batch by batch
     (in ``num_workers`` DataLoader workers), with the decoder every data source uses."""
-    from torch.utils.data import DataLoader
-
     rows = DecodedRows(undecoded(ds), Decoder(ds.features["image"], channels, image_size))
     images = torch.empty((len(ds), channels, image_size, image_size), dtype=torch.uint8)
     labels = torch.empty(len(ds), dtype=torch.int64)
     start = 0
-    for x, y in DataLoader(rows, batch_size=256, num_workers=num_workers, collate_fn=already_batched):
+    for x, y in pass_loader(rows, 256, num_workers, collate_fn=already_batched):
         images[start : start + len(y)], labels[start : start + len(y)] = x, y
         start += len(y)
     return images, labels

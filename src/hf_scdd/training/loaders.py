@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.decoding import Batch, already_batched
+from ..data.decoding import Batch, already_batched, pass_loader
 from ..data.sources import ImageSource
 from ..errors import ConfigError
 
@@ -56,8 +56,7 @@ class StreamEpochs:
         stream, self._datasets, workers = source.training_stream(
             seed, accelerator.process_index, accelerator.num_processes
         )
-        self._loader = DataLoader(stream, batch_size=batch_size, drop_last=True, num_workers=workers,
-                                  persistent_workers=workers > 0)
+        self._loader = pass_loader(stream, batch_size, workers, drop_last=True, persistent_workers=workers > 0)
 
     def __len__(self) -> int:
         return self.steps
