@@ -149,3 +149,20 @@ def test_two_process_squeeze_and_probe_on_a_streaming_dataset(streamed_folder, t
     assert _steps(tmp_path / "squeeze") == 4
     top1 = json.loads((tmp_path / "probe" / "probe_results.json").read_text())["probe_top1"]
     assert top1 == pytest.approx(_memory_top1(tmp_path / "probe" / MODEL_DIR, streamed_folder, tmp_path))
+
+
+def test_the_imagenet_config_describes_a_streamed_run():
+    """configs/imagenet1k.yaml: every stage the pipeline builds from it streams 224 px images, and evaluate's
+    protocol is one a stream can do (no full-data baseline)."""
+    from hf_scdd.configs import config_from_dict, load_yaml
+    from hf_scdd.pipeline import PipelineConfig, stage_config
+    from hf_scdd.stages.recover import RecoverConfig
+    from hf_scdd.training.post_train import check_full_data_baseline
+
+    config = config_from_dict(PipelineConfig, load_yaml(Path(__file__).parents[1] / "configs" / "imagenet1k.yaml"))
+    evaluate = stage_config(config, EvaluateConfig, "evaluate", {}, Path("out"))
+    recover = stage_config(config, RecoverConfig, "recover", {}, Path("out"))
+    for stage in (evaluate, recover):
+        assert stage.streaming and stage.image_size == 224 and stage.data_source in ("auto", "stream")
+    check_full_data_baseline(evaluate.full_data_baseline, evaluate.streaming)
+    assert evaluate.epochs == 300 and evaluate.stem == "imagenet"

@@ -49,6 +49,11 @@ class StageConfig:
     )
     image_column: str | None = field(default=None, metadata={"help": "Image column (auto-detected if unset)."})
     label_column: str | None = field(default=None, metadata={"help": "Label column (auto-detected if unset)."})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Resize real images to this square side (default: the first training image's size; "
+                  "give it for data of mixed sizes, e.g. 224 for ImageNet)."},
+    )
     streaming: bool = field(
         default=False,
         metadata={"help": "load_dataset(..., streaming=True): read the dataset as a stream (Hub-scale data, nothing "

@@ -54,7 +54,7 @@ def load_stage_data(config: StageConfig) -> ImageData:
     """The dataset a stage's config names, with its column overrides and data-source choice."""
     return load_image_dataset(
         config.dataset, image_column=config.image_column, label_column=config.label_column,
-        streaming=config.streaming, data_source=config.data_source, num_workers=config.num_workers,
+        image_size=config.image_size, streaming=config.streaming, data_source=config.data_source, num_workers=config.num_workers,
     )
 
 
