@@ -12,7 +12,8 @@ every stage in its own process with its own ``HF_HOME``. The work per stage is t
 models, a fixed number of steps and training images), so whatever grows with the dataset is memory the
 stage holds for the data. For each stage it prints the peak RSS of its process tree's largest process
 (``ru_maxrss`` from ``wait4``: the stage or one of its DataLoader workers) and the ratio large/small; a
-ratio above ``--max_ratio`` (1.10) fails the run. ``--data_source memory`` shows the in-memory path instead,
+ratio above ``--max_ratio`` (1.10) fails the run. Children run with fixed glibc malloc thresholds
+(:data:`MALLOC_ENV`, ``--fixed_malloc 0`` to drop them) so that peaks are reproducible. ``--data_source memory`` shows the in-memory path instead,
 whose peak grows with the decoded split. Results go to ``benchmarks/results/memory*.json``.
 """
 
@@ -23,6 +24,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +37,11 @@ SHARD_ROWS = 2000
 TEST_ROWS = 1000
 NUM_CLASSES = 10
 SIDE = 64
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"}
+"""glibc's mmap threshold is dynamic (it rises to the largest freed block), so the heap a process keeps after
+freeing depends on the order of allocations across threads: identical runs differed by ±10 % in peak RSS. A
+fixed threshold makes blocks of 1 MiB and more come from (and return to) mmap: peaks reproducible to 0.3 %."""
 
 COMMON = ["--cpu", "true", "--mixed_precision", "no", "--report_to", "none", "--seed", "0"]
 TINY_NET = ["--arch", "resnet10", "--width", "8"]
@@ -121,6 +128,8 @@ def main() -> None:
     parser.add_argument("--streaming", action="store_true", help="Load with load_dataset(..., streaming=True).")
     parser.add_argument("--num_workers", type=int, default=1, help="DataLoader workers per stage.")
     parser.add_argument("--max_ratio", type=float, default=1.10, help="Largest allowed peak-RSS ratio large/small.")
+    parser.add_argument("--fixed_malloc", type=int, default=1,
+                        help="1: fixed glibc mmap/trim thresholds (reproducible peaks; see MALLOC_ENV), 0: defaults.")
     args = parser.parse_args()
 
     mode = "streaming" if args.streaming else args.data_source
@@ -129,10 +138,12 @@ def main() -> None:
         data = generate(WORK / f"data_{rows}", rows)
         out = WORK / f"run_{mode}_{rows}"
         env = {**os.environ, "HF_HOME": str(WORK / "hf_home"), "HF_SCDD_CACHE": str(out / "cache"),
-               "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+               "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+               **(MALLOC_ENV if args.fixed_malloc else {})}
         flags = ["--dataset", str(data), "--data_source", "stream" if args.streaming else args.data_source,
                  "--streaming", str(args.streaming).lower(), "--num_workers", str(args.num_workers)]
-        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)  # a finished stage would skip its work
+        out.mkdir(parents=True)
         for stage, argv in stage_commands(data, out).items():
             mib, wall = run_stage([*argv, *COMMON, *flags], env, out / f"{stage}.log")
             peaks.setdefault(stage, {})[str(rows)] = mib
@@ -145,7 +156,7 @@ def main() -> None:
         ratios[stage] = by_size[large] / by_size[small]
         print(f"| {stage} | {by_size[small]:.0f} | {by_size[large]:.0f} | {ratios[stage]:.3f} |")
     report = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(),
-              "mode": mode, "sizes": args.sizes, "peak_rss_mib": peaks, "ratios": ratios}
+              "mode": mode, "malloc_env": MALLOC_ENV if args.fixed_malloc else {}, "sizes": args.sizes, "peak_rss_mib": peaks, "ratios": ratios}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"memory_{mode}.json").write_text(json.dumps(report, indent=2) + "\n")
     worst = max(ratios.values())
