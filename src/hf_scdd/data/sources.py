@@ -207,14 +207,10 @@ class MemorySource(_RowSource):
             yield self.take(torch.arange(start, min(start + batch_size, part.stop)))
 
 
-@dataclass
-class DatasetSource(_RowSource):
-    """A map-style ``datasets.Dataset`` (image column undecoded) read and decoded per batch, in workers."""
+class _Decoding:
+    """What the sources that decode stored images share: their channels and size are the decoder's."""
 
-    kind: ClassVar[str] = "stream"
-    dataset: Any = None
-    decoder: Decoder = None
-    num_workers: int = 1
+    decoder: Decoder
 
     @property
     def channels(self) -> int:
@@ -223,6 +219,16 @@ class DatasetSource(_RowSource):
     @property
     def image_size(self) -> int:
         return self.decoder.image_size
+
+
+@dataclass
+class DatasetSource(_Decoding, _RowSource):
+    """A map-style ``datasets.Dataset`` (image column undecoded) read and decoded per batch, in workers."""
+
+    kind: ClassVar[str] = "stream"
+    dataset: Any = None
+    decoder: Decoder = None
+    num_workers: int = 1
 
     def _base_rows(self) -> Dataset:
         return DecodedRows(self.dataset, self.decoder)
@@ -236,7 +242,7 @@ class DatasetSource(_RowSource):
 
 
 @dataclass
-class IterableSource(ImageSource):
+class IterableSource(_Decoding, ImageSource):
     """A ``datasets.IterableDataset`` (image column undecoded): Hub-scale data, read in one direction only.
 
     ``limit``/``shuffle_seed`` describe a subset: the first ``limit`` examples of the stream shuffled with
@@ -252,14 +258,6 @@ class IterableSource(ImageSource):
     num_workers: int = 1
     limit: int | None = None
     shuffle_seed: int | None = None
-
-    @property
-    def channels(self) -> int:
-        return 1 if self.decoder.mode == "L" else 3
-
-    @property
-    def image_size(self) -> int:
-        return self.decoder.image_size
 
     def __len__(self) -> int:
         return self.num_rows if self.limit is None else min(self.num_rows, self.limit)
