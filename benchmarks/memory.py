@@ -7,7 +7,8 @@
 Generates (once, under ``benchmarks/artifacts/memory/``, not in git) parquet datasets of 64×64 RGB images in
 the Hub layout, 10 classes, ``--sizes`` training rows in shards of 2,000 and the same 1,000 test rows for every
 size, then runs ``hf-scdd squeeze`` (MoCo v2), ``probe``, the supervised teacher (``squeeze --method
-supervised``), ``recover``, ``relabel`` and ``evaluate`` (online KD, random-subset baseline) on each size,
+supervised``), ``recover`` (``--method hf_scdd``: real starting images chosen from a pool of 200 per class and
+BN targets measured on 1,000 training images), ``relabel`` and ``evaluate`` (online KD, random-subset baseline) on each size,
 every stage in its own process with its own ``HF_HOME``. The work per stage is the same at every size (tiny
 models, a fixed number of steps and training images), so whatever grows with the dataset is memory the
 stage holds for the data. For each stage it prints the peak RSS of its process tree's largest process
@@ -56,7 +57,8 @@ def stage_commands(data: Path, out: Path) -> dict[str, list[str]]:
                   "--max_train_samples", "2048", "--epochs", "2", "--feature_batch_size", "256"],
         "teacher": ["squeeze", "--output_dir", str(out / "teacher"), "--method", "supervised", *TINY_NET, *TRAIN],
         "recover": ["recover", "--output_dir", str(out / "distilled"), "--backbone", str(out / "probe"),
-                    "--ipc", "2", "--iterations", "20"],
+                    "--ipc", "2", "--iterations", "20", "--method", "hf_scdd", "--selection_pool", "200",
+                    "--bn_target_samples", "1000"],
         "relabel": ["relabel", "--output_dir", str(out / "relabel"), "--distilled", str(out / "distilled"),
                     "--teacher", str(out / "teacher"), "--epochs", "2", "--batch_size", "16"],
         "evaluate": ["evaluate", "--output_dir", str(out / "evaluate"), "--distilled", str(out / "distilled"),

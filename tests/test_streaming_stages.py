@@ -166,3 +166,33 @@ def test_the_imagenet_config_describes_a_streamed_run():
         assert stage.streaming and stage.image_size == 224 and stage.data_source in ("auto", "stream")
     check_full_data_baseline(evaluate.full_data_baseline, evaluate.streaming)
     assert evaluate.epochs == 300 and evaluate.stem == "imagenet"
+
+
+def test_recover_chooses_real_starting_images_through_every_source(streamed_folder, tmp_path):
+    """Real-image initialisation (``--method hf_scdd``: k-means on the recovery model's features, BN targets
+    from clean images) reads the training split through its source: the same images by index in memory and
+    streamed, and images of the right class from a one-pass pool of a ``streaming=True`` dataset."""
+    from safetensors.torch import load_file
+
+    from hf_scdd.stages.recover import RecoverConfig
+    from hf_scdd.stages.recover import main as recover
+
+    from helpers import bn_backbone
+
+    bn_backbone(class_names=[f"c{i}" for i in range(4)]).save_pretrained(tmp_path / "backbone")
+    inputs = {}
+    for name, fields in (("memory", {"data_source": "memory"}), ("stream", {"data_source": "stream"}),
+                         ("streaming", {"streaming": True})):
+        out = recover(RecoverConfig(
+            output_dir=str(tmp_path / name), backbone=str(tmp_path / "backbone"), dataset=streamed_folder, ipc=2,
+            method="hf_scdd", selection_pool=8, bn_target_samples=64, iterations=0, group_size=4, cpu=True,
+            mixed_precision="no", report_to="none", num_workers=1, **fields))
+        inputs[name] = {**load_file(str(out / "inputs" / "init_images.safetensors")),
+                        **load_file(str(out / "inputs" / "bn_targets.safetensors"))}
+    assert inputs["memory"].keys() == inputs["stream"].keys()
+    assert all(torch.equal(inputs["memory"][k], inputs["stream"][k]) for k in inputs["memory"])
+    images, labels = load_image_dataset(streamed_folder, data_source="memory").tensors("train")
+    by_content = {bytes(image.numpy()): int(label) for image, label in zip(images, labels)}
+    streamed = inputs["streaming"]["images"]  # [classes, IPC, C, H, W], chosen among 8 per class
+    assert streamed.shape == (4, 2, 1, 16, 16)
+    assert [[by_content[bytes(image.numpy())] for image in row] for row in streamed] == [[c, c] for c in range(4)]

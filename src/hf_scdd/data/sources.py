@@ -136,6 +136,24 @@ class ImageSource:
         """The rows at ``indices`` (positions in this source), decoded."""
         raise DataError(f"a {type(self).__name__} has no random access to its rows")
 
+    def indexed_images(self) -> Any:
+        """The images, indexable like a uint8 tensor (``images[idx]`` for a LongTensor of positions): the
+        tensor itself in memory, rows decoded on demand otherwise (code written for tensors reads a source)."""
+        return IndexedImages(self)
+
+
+class IndexedImages:
+    """A random-access source's images behind ``images[idx]`` and ``len(images)``."""
+
+    def __init__(self, source: ImageSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.source.take(torch.as_tensor(idx).reshape(-1))[0]
+
 
 @dataclass
 class _RowSource(ImageSource):
@@ -200,6 +218,9 @@ class MemorySource(_RowSource):
 
     def labels(self) -> torch.Tensor:
         return self.all_labels if self.indices is None else self.all_labels[self.indices]
+
+    def indexed_images(self) -> Any:
+        return self.images if self.indices is None else IndexedImages(self)
 
     def batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         part = rank_part(len(self), rank, world_size)  # slices of the tensors: no DataLoader needed
