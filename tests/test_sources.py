@@ -77,7 +77,7 @@ def test_memory_and_stream_sources_give_the_same_batches_and_subsets(parquet_fol
     assert memory.mean == stream.mean and memory.std == stream.std
     sampled = load_image_dataset(parquet_folder, data_source="stream")
     sampled.stats_samples = 20
-    expected = channel_stats([x for x, _ in b.subset(20, seed=0).batches(7)])
+    expected = channel_stats([x for x, _ in b.subset(20, seed=0, runs=100).batches(7)])
     assert sampled.mean == pytest.approx(expected[0]) and sampled.mean != stream.mean
     assert ("tensors", "train") not in sampled._cache  # nothing decoded but the sample
 
@@ -157,6 +157,17 @@ def test_streaming_refuses_what_needs_random_access(parquet_folder):
     streamed = load_image_dataset(parquet_folder, streaming=True)
     with pytest.raises(DataError, match="not decoded into tensors"):
         streamed.tensors("train")
+
+
+def test_run_subsets_are_seeded_runs_of_consecutive_rows():
+    from hf_scdd.data.tensors import run_subset
+
+    picked = run_subset(1000, 100, seed=1, runs=10)
+    assert len(picked) == 100 and len(set(picked.tolist())) == 100 and torch.equal(picked, picked.sort().values)
+    assert int((picked[1:] - picked[:-1] != 1).sum()) <= 9  # ten runs: at most nine jumps
+    assert torch.equal(picked, run_subset(1000, 100, seed=1, runs=10))
+    assert not torch.equal(picked, run_subset(1000, 100, seed=2, runs=10))
+    assert torch.equal(run_subset(50, 100, seed=1, runs=10), torch.arange(50))
 
 
 def test_channel_stats_accumulate_like_one_pass():

@@ -25,6 +25,8 @@ LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "class", "target", "
 TEST_SPLIT_CANDIDATES = ("test", "validation", "valid", "val")
 STATS_SAMPLES = 10_000
 """Training images the normalisation statistics are measured on (a seeded sample, never the whole split)."""
+STATS_RUNS = 100
+"""The statistics sample is this many seeded runs of consecutive rows (bounded pages of a memory-mapped table)."""
 
 
 @dataclass
@@ -41,7 +43,8 @@ class ImageData:
         data_source: ``auto``, ``memory`` or ``stream`` (:func:`~hf_scdd.data.sources.choose_data_source`).
         num_workers: DataLoader workers of the streaming source (None: one per spare CPU, at most 8).
         mean, std: per-channel normalisation statistics in [0, 1] pixel units; unless given, measured on the
-            first use on a seeded sample of ``stats_samples`` (:data:`STATS_SAMPLES`) training images, read
+            first use on a seeded sample of ``stats_samples`` (:data:`STATS_SAMPLES`) training images in
+            :data:`STATS_RUNS` runs of consecutive rows, read
             through the dataset's source (the same rows, so the same values, in memory or streamed).
     """
 
@@ -75,7 +78,7 @@ class ImageData:
 
     def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if self.given_stats is None:
-            sample = self.source("train").subset(self.stats_samples, self.stats_seed)
+            sample = self.source("train").subset(self.stats_samples, self.stats_seed, runs=STATS_RUNS)
             self.given_stats = channel_stats(images for images, _ in sample.batches(256))
         return self.given_stats
 

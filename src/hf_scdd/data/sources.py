@@ -38,7 +38,7 @@ from torch.utils.data import Dataset, IterableDataset, Subset
 
 from ..errors import ConfigError, DataError
 from .decoding import Batch, DecodedRows, DecodedStream, Decoder, TensorRows, already_batched, pass_loader
-from .tensors import per_class_subset, training_subset
+from .tensors import per_class_subset, run_subset, training_subset
 
 DATA_SOURCES = ("auto", "memory", "stream")
 IN_MEMORY_MAX_BYTES_ENV = "HF_SCDD_IN_MEMORY_MAX_BYTES"
@@ -111,8 +111,9 @@ class ImageSource:
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def subset(self, max_samples: int, seed: int) -> "ImageSource":
-        """A seeded subset of at most ``max_samples`` rows (0 = all)."""
+    def subset(self, max_samples: int, seed: int, runs: int = 0) -> "ImageSource":
+        """A seeded subset of at most ``max_samples`` rows (0 = all): random rows, or with ``runs`` > 0 that many
+        contiguous runs of rows (:func:`~hf_scdd.data.tensors.run_subset`; a stream is read in order anyway)."""
         raise NotImplementedError
 
     def batches(self, batch_size: int, *, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
@@ -175,8 +176,8 @@ class _RowSource(ImageSource):
         rows = self._base_rows()
         return rows if self.indices is None else Subset(rows, self.indices.tolist())
 
-    def subset(self, max_samples: int, seed: int) -> "_RowSource":
-        chosen = training_subset(len(self), max_samples, seed)
+    def subset(self, max_samples: int, seed: int, runs: int = 0) -> "_RowSource":
+        chosen = run_subset(len(self), max_samples, seed, runs) if runs else training_subset(len(self), max_samples, seed)
         if len(chosen) == len(self):
             return self
         return replace(self, indices=chosen if self.indices is None else self.indices[chosen])
@@ -283,7 +284,7 @@ class IterableSource(_Decoding, ImageSource):
     def __len__(self) -> int:
         return self.num_rows if self.limit is None else min(self.num_rows, self.limit)
 
-    def subset(self, max_samples: int, seed: int) -> "IterableSource":
+    def subset(self, max_samples: int, seed: int, runs: int = 0) -> "IterableSource":
         if not max_samples or max_samples >= len(self):
             return self
         return replace(self, limit=int(max_samples), shuffle_seed=seed)

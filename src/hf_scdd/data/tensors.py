@@ -20,7 +20,7 @@ from .decoding import DecodedRows, Decoder, already_batched, pass_loader, pil_to
 
 __all__ = [
     "cache_dir", "channel_stats", "decode_images", "denormalize", "load_or_decode", "normalize", "per_class_subset",
-    "pil_to_tensor", "save_tensors", "tensor_cache_path", "training_subset",
+    "pil_to_tensor", "run_subset", "save_tensors", "tensor_cache_path", "training_subset",
 ]
 
 
@@ -119,3 +119,17 @@ def training_subset(n: int, max_samples: int, seed: int) -> torch.Tensor:
     if not max_samples or max_samples >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_samples].sort().values
+
+
+def run_subset(n: int, max_samples: int, seed: int, runs: int) -> torch.Tensor:
+    """A seeded subset of about ``max_samples`` of ``n`` indices made of ``runs`` contiguous runs (sorted).
+
+    For a sample that only needs to be representative (the normalisation statistics): rows read in runs touch
+    about their own bytes of a memory-mapped table, where as many scattered rows would each map a whole
+    fault-around window (64 KiB) of it into the reader's RSS, growing with the table.
+    """
+    if not max_samples or max_samples >= n:
+        return torch.arange(n)
+    length = -(-max_samples // max(1, runs))
+    starts = torch.randperm(n // length, generator=torch.Generator().manual_seed(seed))[: max(1, runs)] * length
+    return torch.cat([torch.arange(int(s), int(s) + length) for s in starts.sort().values])[:max_samples]
