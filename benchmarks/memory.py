@@ -15,8 +15,9 @@ stage holds for the data. For each stage it prints the peak RSS of its process t
 (``ru_maxrss`` from ``wait4``: the stage or one of its DataLoader workers), the peak anonymous memory
 (RssAnon + RssShmem, sampled) of its largest process, which leaves out file-backed pages such as those of the
 memory-mapped Arrow table, and the ratios large/small; a
-ratio above ``--max_ratio`` (1.10) fails the run. Children run with fixed glibc malloc thresholds
-(:data:`MALLOC_ENV`, ``--fixed_malloc 0`` to drop them) so that peaks are reproducible. ``--data_source memory`` shows the in-memory path instead,
+ratio above ``--max_ratio`` (1.10) fails the run. Children run with allocators that return freed memory
+(:data:`MALLOC_ENV`: fixed glibc thresholds, Arrow on glibc; ``--fixed_malloc 0`` to drop them) so that peaks
+are reproducible and measure what a stage holds. ``--data_source memory`` shows the in-memory path instead,
 whose peak grows with the decoded split. Results go to ``benchmarks/results/memory*.json``.
 """
 
@@ -41,10 +42,14 @@ TEST_ROWS = 1000
 NUM_CLASSES = 10
 SIDE = 64
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"}
-"""glibc's mmap threshold is dynamic (it rises to the largest freed block), so the heap a process keeps after
-freeing depends on the order of allocations across threads: identical runs differed by ±10 % in peak RSS. A
-fixed threshold makes blocks of 1 MiB and more come from (and return to) mmap: peaks reproducible to 0.3 %."""
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576",
+              "ARROW_DEFAULT_MEMORY_POOL": "system"}
+"""Allocators that return what is freed, so that a peak measures what a stage holds. glibc's mmap threshold is
+dynamic (it rises to the largest freed block), so the heap a process keeps after freeing depends on the order
+of allocations across threads: identical runs differed by ±10 % in peak RSS; a fixed threshold makes blocks of
+1 MiB and more come from (and return to) mmap, and peaks reproducible to 0.3 %. Arrow's default pool
+(mimalloc) keeps freed pages for reuse: Arrow allocates through glibc instead. A variable already set in the
+environment wins (``ARROW_DEFAULT_MEMORY_POOL=mimalloc python benchmarks/memory.py`` measures with it)."""
 
 COMMON = ["--cpu", "true", "--mixed_precision", "no", "--report_to", "none", "--seed", "0"]
 TINY_NET = ["--arch", "resnet10", "--width", "8"]
@@ -161,7 +166,7 @@ def main() -> None:
     parser.add_argument("--num_workers", type=int, default=1, help="DataLoader workers per stage.")
     parser.add_argument("--max_ratio", type=float, default=1.10, help="Largest allowed peak-RSS ratio large/small.")
     parser.add_argument("--fixed_malloc", type=int, default=1,
-                        help="1: fixed glibc mmap/trim thresholds (reproducible peaks; see MALLOC_ENV), 0: defaults.")
+                        help="1: allocators that return freed memory (reproducible peaks; see MALLOC_ENV), 0: defaults.")
     args = parser.parse_args()
 
     mode = "streaming" if args.streaming else args.data_source
@@ -172,7 +177,7 @@ def main() -> None:
         out = WORK / f"run_{mode}_{rows}"
         env = {**os.environ, "HF_HOME": str(WORK / "hf_home"), "HF_SCDD_CACHE": str(out / "cache"),
                "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-               **(MALLOC_ENV if args.fixed_malloc else {})}
+               **({k: os.environ.get(k, v) for k, v in MALLOC_ENV.items()} if args.fixed_malloc else {})}
         flags = ["--dataset", str(data), "--data_source", "stream" if args.streaming else args.data_source,
                  "--streaming", str(args.streaming).lower(), "--num_workers", str(args.num_workers)]
         shutil.rmtree(out, ignore_errors=True)  # a finished stage would skip its work
@@ -193,11 +198,13 @@ def main() -> None:
         anon = anon_peaks[stage]
         print(f"| {stage} | {by_size[small]:.0f} | {by_size[large]:.0f} | {ratios[stage]:.3f} | {anon[small]:.0f} | "
               f"{anon[large]:.0f} | {anon[large] / anon[small]:.3f} |")
+    allocators = {k: os.environ.get(k, v) for k, v in MALLOC_ENV.items()} if args.fixed_malloc else {}
     report = {"command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(),
-              "mode": mode, "malloc_env": MALLOC_ENV if args.fixed_malloc else {}, "sizes": args.sizes, "peak_rss_mib": peaks, "ratios": ratios,
+              "mode": mode, "allocator_env": allocators, "sizes": args.sizes, "peak_rss_mib": peaks, "ratios": ratios,
               "peak_anonymous_mib": anon_peaks}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"memory_{mode}.json").write_text(json.dumps(report, indent=2) + "\n")
+    suffix = "" if allocators.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system" else "_" + allocators["ARROW_DEFAULT_MEMORY_POOL"]
+    (RESULTS / f"memory_{mode}{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
     worst = max(ratios.values())
     if worst > args.max_ratio:
         raise SystemExit(f"peak memory grew by {100 * (worst - 1):.1f} % (> {100 * (args.max_ratio - 1):.0f} %)")

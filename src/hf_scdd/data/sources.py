@@ -44,11 +44,16 @@ DATA_SOURCES = ("auto", "memory", "stream")
 IN_MEMORY_MAX_BYTES_ENV = "HF_SCDD_IN_MEMORY_MAX_BYTES"
 DEFAULT_IN_MEMORY_MAX_BYTES = 2 * 1024**3
 SHUFFLE_BUFFER = 10_000
-"""Examples in the shuffle buffer of a streamed dataset (training, subsets, the statistics sample)."""
-TRAINING_INPUT_SHARDS = 10
-"""Shards a training stream's buffer reads from at once (datasets' default: better mixing of classes when
-shards are sorted). Subsets read one shard at a time: datasets waits 5 s for the reader threads of an
-interleaved parquet stream to shut down, once per pass, which a short pass would pay in full."""
+"""Examples in the shuffle buffers of a streamed dataset, per process (split between its DataLoader workers).
+
+The buffer is filled from one shard at a time (in a seeded shard order), not from datasets' default of 10
+interleaved shards: measured on parquet shards (benchmarks/memory.py), interleaving held memory that grew with
+the number of files per reader (+290 MiB from 10 to 40 files) and cost a 5 s wait for its reader threads at the
+end of every pass. Data whose shards are sorted by class need shuffled shards (or a larger buffer) to mix
+classes within a batch."""
+SUBSET_BUFFER = 1000
+"""The shuffle buffer a subset of a stream (statistics sample, probe subset) is drawn through: a one-off pass,
+read in the main process, so a small buffer (datasets' default)."""
 
 
 def in_memory_max_bytes() -> int:
@@ -268,7 +273,7 @@ class IterableSource(_Decoding, ImageSource):
     """A ``datasets.IterableDataset`` (image column undecoded): Hub-scale data, read in one direction only.
 
     ``limit``/``shuffle_seed`` describe a subset: the first ``limit`` examples of the stream shuffled with
-    ``shuffle_seed`` (a :data:`SHUFFLE_BUFFER` buffer after a seeded shard order). Such subsets are read without
+    ``shuffle_seed`` (a :data:`SUBSET_BUFFER` buffer after a seeded shard order). Such subsets are read without
     workers and split between processes example by example, so they are the same on any process count.
     """
 
@@ -292,7 +297,7 @@ class IterableSource(_Decoding, ImageSource):
     def _stream(self):
         ds = self.dataset
         if self.shuffle_seed is not None:
-            ds = ds.shuffle(seed=self.shuffle_seed, buffer_size=SHUFFLE_BUFFER, max_buffer_input_shards=1)
+            ds = ds.shuffle(seed=self.shuffle_seed, buffer_size=SUBSET_BUFFER, max_buffer_input_shards=1)
         return ds.take(self.limit) if self.limit is not None else ds
 
     def _workers(self, ds) -> int:
@@ -311,10 +316,12 @@ class IterableSource(_Decoding, ImageSource):
         """``(decoded examples of this rank's shuffled shards, the datasets object to set_epoch on, workers)``."""
         from datasets.distributed import split_dataset_by_node
 
-        ds = self.dataset.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER, max_buffer_input_shards=TRAINING_INPUT_SHARDS)
+        workers = self._workers(split_dataset_by_node(self.dataset, rank, world_size) if world_size > 1 else self.dataset)
+        buffer = max(1000, SHUFFLE_BUFFER // max(1, workers))  # every worker shuffles its own shards
+        ds = self.dataset.shuffle(seed=seed, buffer_size=buffer, max_buffer_input_shards=1)
         if world_size > 1:
             ds = split_dataset_by_node(ds, rank, world_size)
-        return DecodedStream(ds, self.decoder), ds, self._workers(ds)
+        return DecodedStream(ds, self.decoder), ds, workers
 
     def per_class_subsets(self, per_class: int, seeds: list[int], num_classes: int) -> dict[int, Batch]:
         """One pass over the stream: for every seed and class, the ``per_class`` examples with the smallest
