@@ -12,7 +12,7 @@ Rows, each named by the recover config it ran (all on the same dataset, students
   the same recover settings (the head is the only other difference from SC-DD, so the comparison is fair);
 * **SRe²L, end-to-end head**: the supervised model as trained (SRe²L's own recovery model);
 * **hf_scdd**: the library's method on the SSL recovery model (``--method hf_scdd``: real images chosen by
-  k-means on the SSL features, refined against clean-image BN statistics);
+  k-means on the SSL features, kept unrefined);
 * **random real subset** (a new draw per seed) and the **full training set**, trained the same way.
 
 Students follow the library's protocol (``hf-scdd evaluate`` defaults: a budget of optimiser steps, pad-crop +
@@ -36,6 +36,7 @@ from common import (
 )
 
 PARTS = ("models", "sets", "students", "table")
+ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd")
 MODES = ["hard", "online"]
 
 
@@ -45,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--part", default="all", choices=("all", *PARTS))
     p.add_argument("--ipcs", type=int, nargs="+", default=[10, 50])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS),
+                   help="distilled-set rows to recover and evaluate (the random and full-data baselines ride with "
+                        "hf_scdd); the table shows, per row, the evaluation with the most seeds")
     p.add_argument("--steps", type=int, default=3000, help="student optimiser steps (the protocol's budget)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--root", default=str(HERE / "results"))
@@ -60,7 +64,7 @@ def set_specs(models: Path, setup) -> dict[str, dict]:
                             backbone=models / "probe_supervised", fields=dict(method="scdd"), prefix=True),
         "sre2l_e2e": dict(title="SRe²L, end-to-end head: the supervised model as trained",
                           backbone=supervised_dir(setup, models), fields=dict(method="scdd"), prefix=True),
-        "hf_scdd": dict(title="hf_scdd: MoCo v2 + probe, k-means real images, clean-statistics refinement",
+        "hf_scdd": dict(title="hf_scdd: MoCo v2 + probe features, k-means real images (unrefined)",
                         backbone=models / "probe_mocov2", fields=dict(method="hf_scdd"), prefix=False),
     }
 
@@ -69,9 +73,25 @@ def distilled_dir(work: Path, name: str, ipc: int) -> Path:
     return work / "sets" / f"{name}-ipc{ipc}"
 
 
+def evaluation_dir(work: Path, name: str, ipc: int, seeds: list[int]) -> Path:
+    """One evaluation folder per (row, IPC, seeds): a row evaluated with fewer seeds first keeps its folder."""
+    return work / "evaluate" / f"{name}-ipc{ipc}-seeds{''.join(map(str, seeds))}"
+
+
+def best_evaluation(work: Path, name: str, ipc: int) -> dict | None:
+    """The finished evaluation of (row, IPC) with the most seeds, or None."""
+    found = [read_results(p) for p in sorted((work / "evaluate").glob(f"{name}-ipc{ipc}-seeds*"))
+             if (p / "results.json").exists()]
+    return max(found, key=lambda r: len(r["config"]["seeds"]), default=None)
+
+
+def chosen_specs(args, models: Path, setup) -> dict[str, dict]:
+    return {k: v for k, v in set_specs(models, setup).items() if k in args.rows}
+
+
 def recover_commands(args, setup, models: Path, work: Path) -> list[tuple[str, list[str]]]:
     commands = []
-    for name, spec in set_specs(models, setup).items():
+    for name, spec in chosen_specs(args, models, setup).items():
         ipcs = [max(args.ipcs)] if spec["prefix"] else args.ipcs
         for ipc in ipcs:
             commands.append((f"recover_{name}_ipc{ipc}", stage_command(
@@ -87,7 +107,7 @@ def write_prefix_sets(args, setup, models: Path, work: Path) -> None:
     from hf_scdd.utils import atomic_path
 
     top = max(args.ipcs)
-    for name, spec in set_specs(models, setup).items():
+    for name, spec in chosen_specs(args, models, setup).items():
         if not spec["prefix"]:
             continue
         source = datasets.load_dataset(str(distilled_dir(work, name, top)), split="train")
@@ -102,21 +122,32 @@ def write_prefix_sets(args, setup, models: Path, work: Path) -> None:
 def student_commands(args, setup, models: Path, work: Path) -> list[tuple[str, list[str]]]:
     """One evaluate per (row, IPC); the random baseline rides with hf_scdd's, the full data with its IPC 10."""
     commands = []
-    for name in set_specs(models, setup):
+    for name in chosen_specs(args, models, setup):
         for ipc in args.ipcs:
             baseline = name == "hf_scdd"
             commands.append((f"evaluate_{name}_ipc{ipc}", evaluate_command(
-                setup, distilled_dir(work, name, ipc), work / "evaluate" / f"{name}-ipc{ipc}", models / "teacher",
+                setup, distilled_dir(work, name, ipc), evaluation_dir(work, name, ipc, args.seeds), models / "teacher",
                 modes=MODES, seeds=args.seeds, steps=args.steps, random_baseline=baseline,
                 full_data_baseline=str(baseline and ipc == min(args.ipcs)).lower())))
     return commands
 
 
 def cell(row: dict | None) -> tuple[str, float, float]:
+    """``mean ± std`` of a result row (with its seed count when it is not 3), and the two numbers."""
     if row is None:
         return "–", float("nan"), float("nan")
     mean, std = 100 * row["final_top1_mean"], 100 * row["final_top1_std"]
-    return f"{mean:.2f} ± {std:.2f}", mean, std
+    seeds = len(row.get("seeds", [0, 1, 2]))
+    return f"{mean:.2f} ± {std:.2f}" + (f" (n = {seeds})" if seeds != 3 else ""), mean, std
+
+
+def gap(row: tuple[str, float, float], random: tuple[str, float, float]) -> str:
+    """Row − random, with ``**`` when it exceeds two seed standard deviations of both (the issue's bar)."""
+    diff = row[1] - random[1]
+    if diff != diff:  # NaN: a cell is missing
+        return "–"
+    clear = abs(diff) > 2 * max(row[2], random[2]) and row[2] > 0 and random[2] > 0
+    return f"{diff:+.2f}" + (" **" if clear else "")
 
 
 def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
@@ -127,19 +158,20 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
         f"# Fidelity on {args.dataset}", "",
         f"Machine: {hardware_line()}. Students: {setup.student['arch']} width {setup.student['width']}, "
         f"{args.steps} optimiser steps, hard labels and online KD (T = 4) from the supervised teacher, final "
-        f"top-1 (%) on the full test split, mean ± std over seeds {' '.join(map(str, args.seeds))}. "
-        f"MoCo v2 probe top-1: {100 * ssl_probe['probe_top1']:.2f} %.", "",
+        f"top-1 (%) on the full test split, mean ± std over 3 seeds unless a cell says n. "
+        f"MoCo v2 probe top-1: {100 * ssl_probe['probe_top1']:.2f} %. `**`: the difference from the random "
+        "subset exceeds two seed standard deviations of both cells.", "",
         "| IPC | set | hard labels | KD | hard − random | KD − random |", "|---:|---|---:|---:|---:|---:|",
     ]
     data: dict = {"rows": []}
     for ipc in args.ipcs:
-        base = read_results(work / "evaluate" / f"hf_scdd-ipc{ipc}")
+        base = best_evaluation(work, "hf_scdd", ipc) or {"results": {}}
         random_hard, random_kd = cell(base["results"].get("random/hard")), cell(base["results"].get("random/online"))
         for name, spec in specs.items():
-            results = read_results(work / "evaluate" / f"{name}-ipc{ipc}")["results"]
+            results = (best_evaluation(work, name, ipc) or {"results": {}})["results"]
             hard, kd = cell(results.get("distilled/hard")), cell(results.get("distilled/online"))
-            lines.append(f"| {ipc} | {spec['title']} | {hard[0]} | {kd[0]} | {hard[1] - random_hard[1]:+.2f} | "
-                         f"{kd[1] - random_kd[1]:+.2f} |")
+            lines.append(f"| {ipc} | {spec['title']} | {hard[0]} | {kd[0]} | {gap(hard, random_hard)} | "
+                         f"{gap(kd, random_kd)} |")
             data["rows"].append(dict(ipc=ipc, set=name, hard=hard[1:], kd=kd[1:]))
         lines.append(f"| {ipc} | random real subset (a new draw per seed) | {random_hard[0]} | {random_kd[0]} | | |")
         data["rows"].append(dict(ipc=ipc, set="random", hard=random_hard[1:], kd=random_kd[1:]))

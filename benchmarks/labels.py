@@ -80,9 +80,8 @@ def main() -> None:
 
         squeezed_backbone("supervised")
     teacher = load_backbone(args.teacher).eval()
-    test_images, test_labels = data.tensors("test")
     teacher_top1 = evaluate_top1(make_accelerator(work / "teacher", cpu=True, report_to="none"), teacher,
-                                 test_images, test_labels, data.normalize)
+                                 data.source("test"), data.normalize)
     teacher_result = {"final_top1": teacher_top1}
     print(f"teacher top-1 {100 * teacher_top1:.2f} ({time.time() - start:.0f}s)")
 

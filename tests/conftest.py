@@ -207,18 +207,16 @@ def tiny_image_folder(tmp_path_factory) -> str:
     import numpy as np
     from PIL import Image
 
+    from helpers import quadrant_images
+
     root = tmp_path_factory.mktemp("tiny_images")
     rng = np.random.default_rng(0)
     for split, per_class in (("train", 32), ("test", 8)):
-        for c in range(4):
+        images, labels = quadrant_images(per_class, rng)
+        for i, (img, c) in enumerate(zip(images, labels)):
             folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                img = rng.integers(0, 60, (16, 16)).astype(np.uint8)
-                r, q = divmod(c, 2)
-                top, left = 8 * r + int(rng.integers(0, 3)), 8 * q + int(rng.integers(0, 3))
-                img[top : top + 5, left : left + 5] = 255
-                Image.fromarray(img, mode="L").save(folder / f"{i}.png")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img, mode="L").save(folder / f"{i % per_class}.png")
     return str(root)
 
 

@@ -40,10 +40,11 @@ def _png(array) -> dict:
     return {"bytes": buffer.getvalue(), "path": None}
 
 
-def _dataset(images, labels, num_classes: int, extra: dict | None = None):
+def _dataset(images, labels, num_classes: int, extra: dict | None = None, class_names=None):
     import datasets
 
-    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=[f"c{i}" for i in range(num_classes)])}
+    names = class_names or [f"c{i}" for i in range(num_classes)]
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=names)}
     columns = {"image": [_png(x) for x in images], "label": labels}
     for name, values in (extra or {}).items():
         features[name] = datasets.Value("int64")
@@ -61,12 +62,14 @@ def write_image_dataset(folder: Path, n_train_per_class: int = 20, n_test_per_cl
     return folder
 
 
-def write_distilled(folder: Path, ipc: int = 4, num_classes: int = 3, size: int = 12, seed: int = 7) -> Path:
+def write_distilled(folder: Path, ipc: int = 4, num_classes: int = 3, size: int = 12, seed: int = 7,
+                    class_names=None) -> Path:
     """A distilled-set-like folder: data/train-*.parquet with image, label, ipc_index, unit_seed."""
     images, labels = synthetic_images(ipc, num_classes, size, seed)
     ipc_index = [i % ipc for i in range(len(labels))]
     (folder / "data").mkdir(parents=True, exist_ok=True)
-    _dataset(images, labels, num_classes, {"ipc_index": ipc_index, "unit_seed": ipc_index}).to_parquet(
+    extra = {"ipc_index": ipc_index, "unit_seed": ipc_index}
+    _dataset(images, labels, num_classes, extra, class_names).to_parquet(
         str(folder / "data" / "train-00000-of-00001.parquet")
     )
     return folder
@@ -189,3 +192,36 @@ def tiny_transformers_classifier(labels: list[str], seed: int = 0, channels: int
         for _ in range(3):  # non-trivial BN running statistics, so eval logits depend on them
             model(pixel_values=torch.randn(6, channels, 32, 32) * 2 + 1)
     return model.eval()
+
+
+def quadrant_images(per_class: int, seed, size: int = 16):
+    """Grey images whose class (0-3) is the quadrant of a bright square: learnable in a few steps. ``seed`` is
+    an int or a numpy Generator (to continue one stream over several splits)."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for c in range(4):
+        for _ in range(per_class):
+            img = rng.integers(0, 60, (size, size)).astype(np.uint8)
+            r, q = divmod(c, 2)
+            top, left = size // 2 * r + int(rng.integers(0, 3)), size // 2 * q + int(rng.integers(0, 3))
+            img[top : top + 5, left : left + 5] = 255
+            images.append(img)
+            labels.append(c)
+    return images, labels
+
+
+def write_sharded_parquet(folder: Path, train_shards=(72, 56), test_rows: int = 32) -> Path:
+    """Quadrant images in the Hub parquet layout with several (unequal) train shards, so that a streamed
+    split gives DataLoader workers and processes shards of different lengths."""
+    images, labels = quadrant_images(sum(train_shards) // 4, seed=3)
+    order = np.random.default_rng(4).permutation(len(labels))  # classes mixed across shards
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    start = 0
+    for i, rows in enumerate(train_shards):
+        part = order[start : start + rows]
+        start += rows
+        _dataset([images[j] for j in part], [labels[j] for j in part], 4).to_parquet(
+            str(folder / "data" / f"train-{i:05d}-of-{len(train_shards):05d}.parquet"))
+    test_images, test_labels = quadrant_images(test_rows // 4, seed=5)
+    _dataset(test_images, test_labels, 4).to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
+    return folder

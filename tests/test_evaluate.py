@@ -135,7 +135,8 @@ def test_two_process_evaluate_scores_the_whole_test_set(tmp_path, hub_env, auto_
         for run in report["runs"][key]:
             assert run["curve"] and len(run["curve"]) == 2
     assert (out / "results.md").exists() and (out / "curves.png").stat().st_size > 0
-    assert json.loads((out / "config.json").read_text())["runtime"] == {"precision": auto_precision}
+    assert json.loads((out / "config.json").read_text())["runtime"] == {"precision": auto_precision,
+                                                                        "data_source": "memory"}
     student = json.loads((out / "student" / "config.json").read_text())
     assert student["arch"] == "resnet10" and student["training"]["label_mode"] == "hard"
     assert "model-index" in (out / "student" / "README.md").read_text()

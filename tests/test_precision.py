@@ -57,7 +57,7 @@ def test_stages_of_different_precisions_in_one_process(tiny_image_folder, tmp_pa
         config = SqueezeConfig(output_dir=str(out), dataset=tiny_image_folder, mixed_precision=precision, **TINY)
         weights[precision] = ResNet.from_pretrained(squeeze(config)).state_dict()
         recorded = json.loads((out / "config.json").read_text())
-        assert recorded["runtime"] == {"precision": precision}
+        assert recorded["runtime"] == {"precision": precision, "data_source": "memory"}
         assert recorded["config"]["mixed_precision"] == precision
     # the same seed and data: only the precision differs, and it did change the arithmetic
     assert not torch.equal(weights["no"]["conv1.weight"], weights["bf16"]["conv1.weight"])
@@ -72,4 +72,5 @@ def test_resumed_run_under_another_auto_answer_keeps_its_folder(tiny_image_folde
     monkeypatch.setenv("HF_SCDD_AUTO_PRECISION", "bf16")
     assert squeeze(config) == path  # the same config: accepted, nothing redone
     recorded = json.loads((out / "config.json").read_text())
-    assert recorded["runtime"] == {"precision": "bf16"} and recorded["runtime_earlier"] == [{"precision": "no"}]
+    assert recorded["runtime"] == {"precision": "bf16", "data_source": "memory"}
+    assert recorded["runtime_earlier"] == [{"precision": "no", "data_source": "memory"}]

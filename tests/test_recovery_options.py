@@ -200,10 +200,12 @@ def test_real_init_refined_against_clean_targets_moves_the_pixels(assets, tmp_pa
 def test_method_presets_fill_unset_fields_and_explicit_values_win(assets, tmp_path):
     import json
 
-    out = run(assets, tmp_path / "m", method="hf_scdd", iterations=0)
+    out = run(assets, tmp_path / "m", method="hf_scdd")
     config = json.loads((out / "config.json").read_text())["config"]
-    assert (config["init"], config["selection"], config["bn_targets"], config["iterations"]) == (
-        "real", "kmeans", "clean", 0)
+    assert (config["init"], config["selection"], config["iterations"]) == ("real", "kmeans", 0)
+    refined = run(assets, tmp_path / "r", method="hf_scdd", iterations=1, bn_targets="clean")
+    config = json.loads((refined / "config.json").read_text())["config"]
+    assert (config["init"], config["bn_targets"], config["iterations"]) == ("real", "clean", 1)
     scdd = run(assets, tmp_path / "s", iterations=2)
     assert json.loads((scdd / "config.json").read_text())["config"]["init"] == "noise"
 

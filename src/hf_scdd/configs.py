@@ -42,7 +42,7 @@ T = TypeVar("T")
 __all__ = [
     "ConfigError", "DistilledSetFields", "PostTrainViewFields", "StageConfig", "check_config",
     "check_or_write_config", "config_from_dict", "discard_on_divergence", "in_range", "load_yaml", "parse_config",
-    "record_config", "save_config",
+    "record_config", "record_runtime", "save_config",
 ]
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -83,6 +83,26 @@ class StageConfig:
     )
     image_column: str | None = field(default=None, metadata={"help": "Image column (auto-detected if unset)."})
     label_column: str | None = field(default=None, metadata={"help": "Label column (auto-detected if unset)."})
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Resize real images to this square side (default: the first training image's size; "
+                  "give it for data of mixed sizes, e.g. 224 for ImageNet)."},
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "load_dataset(..., streaming=True): read the dataset as a stream (Hub-scale data, nothing "
+                  "downloaded or converted up front); implies --data_source stream."},
+    )
+    data_source: str = field(
+        default="auto",
+        metadata={"help": "How real images are read: 'memory' (decoded once into cached uint8 tensors), 'stream' "
+                  "(decoded per batch in DataLoader workers) or 'auto' (memory when the decoded train split fits "
+                  "$HF_SCDD_IN_MEMORY_MAX_BYTES, default 2 GiB). Same rows, same results."},
+    )
+    num_workers: int | None = field(
+        default=None,
+        metadata={"help": "DataLoader workers decoding streamed batches (default: the spare CPUs, at most 8)."},
+    )
     cpu: bool = field(default=False, metadata={"help": "Force the CPU even when an accelerator is present."})
     mixed_precision: str = field(
         default="auto",
@@ -99,8 +119,9 @@ class StageConfig:
         metadata={"help": "Held-out split to score on (default: the first of test/validation/valid/val)."},
     )
 
-    # Fields that do not change the result and may differ between a run and its resumption.
-    RUNTIME_FIELDS = ("cpu", "report_to", "push_to_hub")
+    # Fields that do not change the result and may differ between a run and its resumption (both data
+    # sources read the same rows in the same order: tests/test_sources.py).
+    RUNTIME_FIELDS = ("cpu", "report_to", "push_to_hub", "data_source", "num_workers")
 
     def checks(self) -> list[Check]:
         """The (condition, message) pairs :meth:`validate` enforces; each config (and each field mixin)
@@ -343,11 +364,8 @@ def record_config(
     payload = _recorded(folder, name)
     if payload is None:
         save_config(config, folder, name, **({"runtime": runtime} if runtime is not None else {}))
-    elif runtime is not None and payload.get("runtime") != runtime:
-        if "runtime" in payload:
-            payload.setdefault("runtime_earlier", []).append(payload["runtime"])
-        payload["runtime"] = runtime
-        atomic_write_text(Path(folder) / name, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    elif runtime is not None:
+        record_runtime(folder, runtime, name)
 
 
 def check_or_write_config(
@@ -381,3 +399,21 @@ def discard_on_divergence(folder: str | os.PathLike, *owned: str, config_name: s
                 else:
                     path.unlink(missing_ok=True)
         raise
+
+
+def record_runtime(folder: str | os.PathLike, values: dict[str, Any], name: str = "config.json") -> None:
+    """Add runtime information (resolved precision, data source, ...) to an existing config record.
+
+    Keys are merged into ``"runtime"``; when a value changes (a resumed run on other hardware) the previous
+    record is kept under ``"runtime_earlier"``. Nothing is written when nothing changes.
+    """
+    path = Path(folder) / name
+    payload = json.loads(path.read_text())
+    previous = payload.get("runtime")
+    merged = {**(previous or {}), **json.loads(json.dumps(values, default=str))}
+    if merged == previous:
+        return
+    if previous is not None and any(k in previous and previous[k] != v for k, v in merged.items()):
+        payload.setdefault("runtime_earlier", []).append(previous)
+    payload["runtime"] = merged
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")

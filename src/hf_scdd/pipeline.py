@@ -47,6 +47,15 @@ class PipelineConfig(StageConfig):
     )
     arch: str = field(default="resnet10", metadata={"help": "Backbone, teacher and student architecture."})
     width: int = field(default=16, metadata={"help": "First-stage width of backbone and student (64 = torchvision)."})
+    ssl_epochs: int = field(
+        default=2, metadata={"help": "Epochs of the recovery model's squeeze (MoCo v2, or supervised) over the training set."}
+    )
+    teacher_epochs: int = field(
+        default=3, metadata={"help": "Epochs of the supervised teacher's squeeze (teacher 'supervised')."}
+    )
+    train_samples: int = field(
+        default=0, metadata={"help": "Training images both squeezes see per epoch (0 = the whole training split)."}
+    )
     teacher: str = field(
         default="supervised",
         metadata={"help": "Relabel/KD teacher: 'supervised' (train one, as SC-DD uses a supervised teacher), "
@@ -55,8 +64,8 @@ class PipelineConfig(StageConfig):
     ipc: int = field(default=10, metadata={"help": "Distilled images per class."})
     method: str = field(
         default="hf_scdd",
-        metadata={"help": "Recovery method of the distilled set: 'hf_scdd' (this library's: selected real images "
-                  "refined against clean-image statistics) or 'scdd' (the paper's configuration)."},
+        metadata={"help": "Recovery method of the distilled set: 'hf_scdd' (this library's: real images chosen "
+                  "by k-means on the recovery model's features) or 'scdd' (the paper's configuration)."},
     )
     compare_scdd: bool = field(
         default=True,
@@ -170,8 +179,8 @@ def plan(config: PipelineConfig, *, needs_probe: bool = True, image_size: int | 
     backbone = config.backbone
     if not backbone:
         cfg = stage_config(config, squeeze.SqueezeConfig, "squeeze",
-                           {"method": config.squeeze_method, "arch": config.arch, "width": config.width},
-                           out / "squeeze")
+                           {"method": config.squeeze_method, "arch": config.arch, "width": config.width,
+                            "epochs": config.ssl_epochs, "max_train_samples": config.train_samples}, out / "squeeze")
         steps.append(Step("squeeze", squeeze.main, cfg))
         backbone = str(out / "squeeze" / BACKBONE_DIR)
     recovery_model = backbone
@@ -186,7 +195,8 @@ def plan(config: PipelineConfig, *, needs_probe: bool = True, image_size: int | 
         teacher = recovery_model
     elif teacher == "supervised":
         cfg = stage_config(config, squeeze.SqueezeConfig, "squeeze",
-                           {"method": "supervised", "arch": config.arch, "width": config.width},
+                           {"method": "supervised", "arch": config.arch, "width": config.width,
+                            "epochs": config.teacher_epochs, "max_train_samples": config.train_samples},
                            out / "teacher", key="teacher_squeeze")
         steps.append(Step("teacher", squeeze.main, cfg))
         teacher, trained_teacher = str(out / "teacher" / BACKBONE_DIR), True
@@ -279,16 +289,15 @@ def run(config: PipelineConfig) -> dict[str, Any]:
     """
     from accelerate import PartialState
 
-    from .data import load_image_dataset
     from .models.loading import has_matching_classifier
+    from .training.stage import load_stage_data
 
     config.validate()
     plan(config)  # every stage config valid, before any data is read
     out = Path(config.output_dir)
     check_config(config, out, PIPELINE_CONFIG)
     state = PartialState(cpu=use_cpu(config.cpu))
-    data = load_image_dataset(config.dataset, image_column=config.image_column, label_column=config.label_column,
-                              train_split=config.train_split, test_split=config.test_split)
+    data = load_stage_data(config)  # class names and image size only (no decoding, no statistics)
     needs_probe = not (config.backbone and has_matching_classifier(config.backbone, data.num_classes))
     stages = plan(config, needs_probe=needs_probe, image_size=data.image_size, num_classes=data.num_classes)
     summary: dict[str, Any] = {"dataset": data.name, "output_dir": str(out), "recovery_model": stages.recovery_model,

@@ -3,7 +3,8 @@
 One epoch of post-training is described by an :class:`EpochPlan`: the image at each slot of the epoch, its
 random-resized-crop box and flip, and per batch the mix partner, lambda and (CutMix) box. The plan depends on
 ``(seed, epoch)`` only, so it is the same on 1 or N processes. Relabelling stores the plan next to the
-teacher's logits; post-training re-renders exactly the same views from it with :func:`render_batch`.
+teacher's logits; post-training re-renders exactly the same views from it with :func:`render_batch` (or
+:func:`render_views` from a batch read from a data source).
 Everything is plain torch (``affine_grid``/``grid_sample``), deterministic, and runs on the batch's device.
 """
 
@@ -175,15 +176,21 @@ def crop_flip(images: torch.Tensor, crop: torch.Tensor, flip: torch.Tensor, size
 
 
 def render_batch(images_uint8: torch.Tensor, plan: EpochPlan, b: int, device=None) -> torch.Tensor:
-    """The mixed views of batch ``b`` of ``plan``, float in [0, 1] pixel units (normalise afterwards).
+    """The mixed views of batch ``b`` of ``plan`` over in-memory images, float in [0, 1] pixel units."""
+    idx = plan.order[plan.batch_slots(b)].long()
+    device = images_uint8.device if device is None else device
+    return render_views(images_uint8[idx.to(images_uint8.device)], plan, b, device)
+
+
+def render_views(pixels_uint8: torch.Tensor, plan: EpochPlan, b: int, device) -> torch.Tensor:
+    """The mixed views of batch ``b`` of ``plan`` from the batch's own images (uint8, in slot order: image
+    ``plan.order[slot]`` at each slot), float in [0, 1] pixel units (normalise afterwards).
 
     Mixing is linear, so mixing before normalisation equals mixing normalised views (what the references do).
     """
     slots = plan.batch_slots(b)
-    device = images_uint8.device if device is None else device
-    idx = plan.order[slots].long()
-    x = images_uint8[idx.to(images_uint8.device)].to(device).float() / 255.0
-    views = crop_flip(x, plan.crop[slots], plan.flip[slots], images_uint8.shape[-1])
+    x = pixels_uint8.to(device).float() / 255.0
+    views = crop_flip(x, plan.crop[slots], plan.flip[slots], pixels_uint8.shape[-1])
     partner = (plan.mix_index[slots].long() - slots.start).to(device)
     lam = float(plan.mix_lambda[b])
     top, left, bottom, right = (int(v) for v in plan.mix_box[b])

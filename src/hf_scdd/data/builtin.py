@@ -21,7 +21,8 @@ import torch
 
 from ..errors import DataError
 from ..utils import atomic_folder, first_line, hub_context
-from .tensors import cache_dir, pil_to_tensor, save_tensors, tensor_cache_path
+from .decoding import pil_to_tensor
+from .tensors import cache_dir, save_tensors, tensor_cache_path
 
 BUILTIN = "fashion_mnist"
 """Name of the built-in default dataset (also accepted: ``fashion-mnist``, ``builtin``)."""
@@ -51,20 +52,20 @@ def is_builtin(name: str | None) -> bool:
     return name is None or name.lower().replace("-", "_") in (BUILTIN, "builtin")
 
 
-def load_builtin():
+def load_builtin(streaming: bool = False):
     """Fashion-MNIST from the Debian package, converted once to a parquet folder; else from the Hub."""
     import datasets
 
     local = cache_dir() / "fashion_mnist_parquet"
     if (local / "data").is_dir():
-        return datasets.load_dataset(str(local))
+        return datasets.load_dataset(str(local), streaming=streaming)
     tried = []
     if all((FASHION_MNIST_DIR / f).exists() for pair in _FASHION_MNIST_FILES.values() for f in pair):
         write_parquet_folder(fashion_mnist_from_idx(FASHION_MNIST_DIR), local)
-        return datasets.load_dataset(str(local))
+        return datasets.load_dataset(str(local), streaming=streaming)
     tried.append(f"IDX files in {FASHION_MNIST_DIR} (install them with `apt-get install dataset-fashion-mnist`)")
     try:
-        return datasets.load_dataset(FASHION_MNIST_HUB_ID)
+        return datasets.load_dataset(FASHION_MNIST_HUB_ID, streaming=streaming)
     except Exception as err:  # noqa: BLE001 - we re-raise with the full story
         tried.append(f"the Hub copy {FASHION_MNIST_HUB_ID!r} {hub_context()} ({type(err).__name__}: {first_line(err)})")
     raise DataError("could not load the built-in Fashion-MNIST; tried " + "; then ".join(tried))

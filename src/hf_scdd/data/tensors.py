@@ -11,14 +11,20 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Iterable
 
-import numpy as np
 import torch
 
 from ..errors import DataError
 from ..utils import atomic_save_safetensors, first_line
+from .decoding import DecodedRows, Decoder, already_batched, pass_loader, pil_to_tensor, undecoded
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "cache_dir", "channel_stats", "decode_images", "denormalize", "load_or_decode", "normalize", "per_class_subset",
+    "pil_to_tensor", "run_subset", "save_tensors", "tensor_cache_path", "training_subset",
+]
 
 
 def cache_dir() -> Path:
@@ -44,53 +50,31 @@ def denormalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images * s + m).clamp(0.0, 1.0)
 
 
-def pil_to_tensor(image, mode: str, image_size: int) -> torch.Tensor:
-    """One PIL image → uint8 [C, S, S], converting the mode explicitly (grey↔RGB, RGBA dropped alpha)."""
-    from PIL import Image
-
-    if image.mode == "RGBA" and mode == "RGB":
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image, mask=image.split()[3])
-        image = background
-    image = image.convert(mode)
-    if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), Image.BILINEAR)
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
-
-
-def decode_images(ds, channels: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode an ``image``/``label`` dataset into uint8 [N, C, S, S] and int64 [N] tensors.
+def decode_images(ds, channels: int, image_size: int, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode an ``image``/``label`` dataset into uint8 [N, C, S, S] and int64 [N] tensors, batch by batch
+    (in ``num_workers`` DataLoader workers), with the decoder every data source uses.
 
     Images of another size are resized to ``S``×``S`` (bilinear, aspect ratio not kept), and a log line
     says how many and which sizes, so that mixed sizes are never squashed silently.
     """
-    images, labels, note = _decode(ds, channels, image_size)
+    images, labels, note = _decode(ds, channels, image_size, num_workers)
     if note:
         logger.warning(note)
     return images, labels
 
 
-def _decode(ds, channels: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+def _decode(ds, channels: int, image_size: int, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor, str]:
     """:func:`decode_images` plus the resize note ('' when every image had the size)."""
-    mode = "L" if channels == 1 else "RGB"
-    n = len(ds)
-    images = torch.empty((n, channels, image_size, image_size), dtype=torch.uint8)
-    labels = torch.as_tensor(ds["label"], dtype=torch.int64)
-    resized: dict[tuple[int, int], int] = {}
-    for i, example in enumerate(ds.select_columns(["image"])):
-        image = example["image"]
-        if image.size != (image_size, image_size):
-            resized[image.size] = resized.get(image.size, 0) + 1
-        images[i] = pil_to_tensor(image, mode, image_size)
-    if not resized:
-        return images, labels, ""
-    sizes = ", ".join(f"{w}x{h}: {count}" for (w, h), count in sorted(resized.items(), key=lambda kv: -kv[1])[:5])
-    note = (f"{sum(resized.values())} of {n} images are not {image_size}x{image_size} ({sizes}): resized to "
-            f"{image_size}x{image_size} (the first training image's size), aspect ratio not kept")
-    return images, labels, note
+    decoder = Decoder(ds.features["image"], channels, image_size)
+    rows = DecodedRows(undecoded(ds), decoder)
+    images = torch.empty((len(ds), channels, image_size, image_size), dtype=torch.uint8)
+    labels = torch.empty(len(ds), dtype=torch.int64)
+    start = 0
+    for x, y in pass_loader(rows, 256, num_workers, collate_fn=already_batched):
+        images[start : start + len(y)], labels[start : start + len(y)] = x, y
+        start += len(y)
+    # counted in this process only; worker processes log their own first resize (Decoder)
+    return images, labels, decoder.resize_note(len(ds))
 
 
 def tensor_cache_path(ds, channels: int, image_size: int) -> Path:
@@ -105,7 +89,7 @@ def save_tensors(path: Path, images: torch.Tensor, labels: torch.Tensor, note: s
     atomic_save_safetensors(path, {"images": images, "labels": labels}, {"note": note} if note else None)
 
 
-def load_or_decode(ds, channels: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def load_or_decode(ds, channels: int, image_size: int, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The split's tensors from the cache, decoding (and caching) them the first time; a resize note is
     logged either way."""
     from safetensors import SafetensorError, safe_open
@@ -121,18 +105,27 @@ def load_or_decode(ds, channels: int, image_size: int) -> tuple[torch.Tensor, to
             return images, labels
         except (SafetensorError, OSError, KeyError) as err:  # a damaged cache entry is only a cache miss
             logger.warning("tensor cache %s is damaged (%s); decoding again", path, first_line(err))
-    images, labels, note = _decode(ds, channels, image_size)
+    images, labels, note = _decode(ds, channels, image_size, num_workers)
     if note:
         logger.warning(note)
     save_tensors(path, images, labels, note)
     return images, labels
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images in [0, 1] units (from at most ~200k evenly spaced images)."""
-    sample = images[:: max(1, len(images) // 200_000)].float() / 255.0
-    mean = sample.mean(dim=(0, 2, 3))
-    std = sample.std(dim=(0, 2, 3))
+def channel_stats(batches: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) std in [0, 1] units of uint8 image batches, accumulated batch by batch
+    in float64, so a sample of any size needs only one batch in memory."""
+    total = total_sq = None
+    count = 0
+    for images in batches:
+        x = images.double() / 255.0
+        s, sq = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
+        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        count += x.numel() // x.shape[1]
+    if total is None or count < 2:
+        raise DataError("normalisation statistics need at least one image with two pixels")
+    mean = total / count
+    std = ((total_sq - count * mean * mean) / (count - 1)).clamp_min(0.0).sqrt()
     return tuple(mean.tolist()), tuple(std.clamp_min(1e-3).tolist())
 
 
@@ -147,3 +140,24 @@ def per_class_subset(labels: torch.Tensor, per_class: int, seed: int, num_classe
             raise DataError(f"class {c} has only {len(idx)} examples, fewer than the {per_class} requested")
         chosen.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
     return torch.cat(chosen)
+
+
+def training_subset(n: int, max_samples: int, seed: int) -> torch.Tensor:
+    """All indices, or a seeded random subset of ``max_samples`` of them (sorted)."""
+    if not max_samples or max_samples >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_samples].sort().values
+
+
+def run_subset(n: int, max_samples: int, seed: int, runs: int) -> torch.Tensor:
+    """A seeded subset of about ``max_samples`` of ``n`` indices made of ``runs`` contiguous runs (sorted).
+
+    For a sample that only needs to be representative (the normalisation statistics): rows read in runs touch
+    about their own bytes of a memory-mapped table, where as many scattered rows would each map a whole
+    fault-around window (64 KiB) of it into the reader's RSS, growing with the table.
+    """
+    if not max_samples or max_samples >= n:
+        return torch.arange(n)
+    length = -(-max_samples // max(1, runs))
+    starts = torch.randperm(n // length, generator=torch.Generator().manual_seed(seed))[: max(1, runs)] * length
+    return torch.cat([torch.arange(int(s), int(s) + length) for s in starts.sort().values])[:max_samples]

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data.loading import GREY_MODES
+from ..data.loading import GREY_MODES, first_example
 from ..data.tensors import normalize
 from ..errors import BackboneError
 from ..utils import first_line, hub_context
@@ -120,7 +120,8 @@ def check_synthesis_input(model: nn.Module, name: str, data, *, requested_size: 
     """Decide the input surprises of recovery explicitly: refuse to synthesise at an input size the model's
     preprocessor config never stated (a transformers model without one defaults to 224 px) when the data
     are another size, and log a channel conversion (RGB images for a grey dataset)."""
-    native_size = int(max(data.dataset["train"][0]["image"].size))
+    first = first_example(data.dataset["train"])["image"]  # map-style or streamed
+    native_size = int(max(first.size))
     size = int(requested_size or getattr(model, "image_size", 0) or native_size)
     if "image_size" in getattr(model, "guessed", ()) and requested_size is None and size != native_size:
         raise BackboneError(
@@ -128,7 +129,7 @@ def check_synthesis_input(model: nn.Module, name: str, data, *, requested_size: 
             f"dataset {data.name!r} has {native_size}-px images: pass recover's --image_size {native_size} to "
             "synthesise at the data's size (or add a preprocessor_config.json to the model)"
         )
-    native_grey = data.dataset["train"][0]["image"].mode in GREY_MODES
+    native_grey = first.mode in GREY_MODES
     if native_grey and data.channels == 3:
         logger.info("backbone %s takes RGB input: synthesising RGB images for the grey dataset %s", name, data.name)
 

@@ -5,8 +5,8 @@ Students are trained with SC-DD's post-training protocol in any of three label m
 random real subset with the same images per class (IOR = distilled − random) and optionally on the full
 training set with hard labels (HLR = full − distilled). The output folder holds ``results.json``,
 ``results.md``, ``curves.png`` and ``student/`` (the first seed's student, Hub-ready, with model-index
-results on its card); finished runs are reused on rerun, and the student's run keeps its weights
-(``runs/<set-mode>/seed<N>/model``) before it counts as finished, so a resumed evaluation always has it.
+results on its card); finished runs are reused on rerun, and the student's run keeps its weights before it
+counts as finished, so a resumed evaluation always has it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from ..hub.push import push_model_folder
 from ..models.loading import load_backbone
 from ..models.resnet import ARCHITECTURES, STEMS, ResNet
 from ..training.accelerator import Precision
-from ..training.post_train import LABEL_MODES, STUDENT_DIR, check_classes, run_dir, run_groups, train_groups
+from ..training.post_train import LABEL_MODES, STUDENT_DIR, check_classes, full_data_check, run_dir, run_groups
+from ..training.post_train import train_groups
 from ..training.evaluation import teacher_test_top1
 from ..training.report import aggregate, markdown_report, plot_curves, protocol_checks, protocol_metrics
 from ..training.stage import load_stage_data
@@ -103,6 +104,7 @@ class EvaluateConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
             (bool(self.seeds) and len(set(self.seeds)) == len(self.seeds),
              f"--seeds must be distinct, got {self.seeds}"),
             (self.full_data_steps is None or self.full_data_steps >= 1, "--full_data_steps must be >= 1"),
+            full_data_check(self.full_data_baseline, self.streaming),
         ]
 
 
@@ -145,13 +147,13 @@ def run_evaluation(
         store = labels_for_set(folder, distilled, num_classes=data.num_classes, teacher=teacher)
     if state.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
-        record_config(config, output, runtime={"precision": precision.name})
+        record_config(config, output, runtime={"precision": precision.name, "data_source": data.source_kind})
     state.wait_for_everyone()
 
     with discard_on_divergence(output, "runs"):
         runs = train_groups(config, data, run_groups(config, data, images, labels, modes, teacher, store))
     table = aggregate(runs)
-    report = {"config": config.to_dict(), "dataset": data.name, "test_size": len(data.tensors("test")[1]),
+    report = {"config": config.to_dict(), "dataset": data.name, "test_size": len(data.source("test")),
               "num_processes": state.num_processes, "results": table, "metrics": protocol_metrics(table, modes),
               "checks": protocol_checks(table), "runs": runs,
               "teacher_top1": teacher_test_top1(teacher, data, precision) if teacher is not None else None}
@@ -182,9 +184,7 @@ def save_student(model, config: EvaluateConfig, data: ImageData, report: dict, f
     model.update_training_info(
         method="sc-dd-post-training", dataset=data.name, distilled=config.distilled, teacher=config.teacher,
         label_mode=mode, steps=row["steps"], epochs=row["epochs"], temperature=config.temperature,
-        batch_size=config.batch_size,
-        final_top1_mean=row["final_top1_mean"], final_top1_std=row["final_top1_std"],
-    )
+        batch_size=config.batch_size, final_top1_mean=row["final_top1_mean"], final_top1_std=row["final_top1_std"])
     model.save_pretrained(folder)
     card_data = StudentCardData(
         arch=config.arch, stem=config.stem, width=config.width, num_classes=data.num_classes, dataset=data.name,

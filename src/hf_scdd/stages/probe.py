@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..configs import Check, StageConfig, discard_on_divergence, in_range
+from ..configs import Check, ConfigError, StageConfig, discard_on_divergence, in_range
+from ..data.sources import in_memory_max_bytes
 from ..data.tensors import normalize
 from ..errors import SqueezeError
 from ..hub.push import push_model_folder
@@ -24,7 +25,6 @@ from ..training.accelerator import finish_trackers
 from ..training.evaluation import evaluate_top1, extract_features
 from ..training.linear_probe import SCALINGS, calibrate_head, fit_linear_probe
 from ..training.loop import CHECKPOINT_DIR, remove_checkpoints
-from ..training.pretrain import training_subset
 from ..training.stage import begin_work, load_stage_data, start_stage
 from ..utils import atomic_write_text
 
@@ -57,7 +57,9 @@ class ProbeConfig(StageConfig):
         default=0.1, metadata={"help": "Share of the probe's training images held out for the calibration."}
     )
     max_train_samples: int = field(
-        default=10000, metadata={"help": "Seeded subset of training images for the probe (0 = all)."}
+        default=10000,
+        metadata={"help": "Seeded subset of training images for the probe (0 = all; with --streaming the first "
+                  "N of the seeded shuffled stream). Their features are held in memory."},
     )
     feature_batch_size: int = field(default=1024, metadata={"help": "Batch size of feature extraction."})
 
@@ -77,6 +79,17 @@ class ProbeConfig(StageConfig):
         ]
 
 
+def check_feature_budget(num_images: int, num_features: int) -> None:
+    """The probe holds one fp32 feature vector per training image: refuse more than the in-memory budget."""
+    needed = num_images * num_features * 4
+    if needed > in_memory_max_bytes():
+        raise ConfigError(
+            f"the probe's features of {num_images} images would take {needed / 2**30:.1f} GiB, over the in-memory "
+            f"budget of {in_memory_max_bytes() / 2**30:.1f} GiB ($HF_SCDD_IN_MEMORY_MAX_BYTES): pass a smaller "
+            "--max_train_samples"
+        )
+
+
 def main(config: ProbeConfig) -> Path:
     """Fit a linear probe on a frozen eval-mode backbone; returns ``output_dir/model`` (backbone + probe)."""
     from accelerate.utils import set_seed
@@ -94,8 +107,10 @@ def main(config: ProbeConfig) -> Path:
             "to recover directly if it has a classifier, or import it with hf_scdd.models.import_checkpoint"
         )
     data = load_stage_data(config, channels=backbone.in_channels)  # grey data for an RGB backbone: converted
+    source = data.source("train").subset(config.max_train_samples, config.seed)
+    check_feature_budget(len(source), backbone.num_features)
 
-    accelerator = begin_work(config, "probe", precision)
+    accelerator = begin_work(config, "probe", precision, data)
     backbone = backbone.to(accelerator.device)
     backbone.requires_grad_(False)
     frozen = {k: v.clone() for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
@@ -104,13 +119,10 @@ def main(config: ProbeConfig) -> Path:
         return normalize(x, backbone.mean, backbone.std)
 
     set_seed(config.seed)
-    images, labels = data.tensors("train")
-    subset = training_subset(len(images), config.max_train_samples, config.seed)
     with discard_on_divergence(out, CHECKPOINT_DIR, "logs"):
-        feats = extract_features(
-            accelerator, backbone, images[subset], preprocess, config.feature_batch_size, precision=precision
+        feats, targets = extract_features(
+            accelerator, backbone, source, preprocess, config.feature_batch_size, precision=precision
         )
-        targets = labels[subset].to(accelerator.device)
         held_out = int(round(config.calibration_fraction * len(feats))) if config.calibrate else 0
         weight, bias = fit_linear_probe(
             accelerator, feats[held_out:], targets[held_out:], data.num_classes, epochs=config.epochs,
@@ -128,8 +140,7 @@ def main(config: ProbeConfig) -> Path:
     if not all(torch.equal(v, backbone.state_dict()[k]) for k, v in frozen.items()):
         # a guard, not an expected path: the probe must never alter the pre-trained model
         raise SqueezeError("the backbone changed during probing; this is a bug in hf_scdd")
-    test_images, test_labels = data.tensors("test")
-    top1 = evaluate_top1(accelerator, backbone, test_images, test_labels, preprocess, precision=precision)
+    top1 = evaluate_top1(accelerator, backbone, data.source("test"), preprocess, precision=precision)
     if accelerator.is_main_process:
         info = {"probe_top1": round(top1, 6), "probe_epochs": config.epochs, "probe_logit_scale": round(scale, 6),
                 "probe_head_norm": round(float(weight.norm()), 4)}

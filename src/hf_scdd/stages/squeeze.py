@@ -22,8 +22,9 @@ from ..hub.push import push_model_folder
 from ..models.loading import BACKBONE_DIR
 from ..models.resnet import ARCHITECTURES, STEMS, plain_resnet, save_model_atomically
 from ..training.accelerator import finish_trackers
-from ..training.loop import CHECKPOINT_DIR, cosine_schedule, index_loader, remove_checkpoints, train
-from ..training.pretrain import plan_mocov2, plan_supervised, training_subset
+from ..training.loaders import training_loader
+from ..training.loop import CHECKPOINT_DIR, cosine_schedule, remove_checkpoints, train
+from ..training.pretrain import plan_mocov2, plan_supervised
 from ..training.stage import begin_work, load_stage_data, start_stage
 
 METHODS = ("mocov2", "supervised")
@@ -61,7 +62,9 @@ class SqueezeConfig(StageConfig):
     )
     crop_min_scale: float = field(default=0.2, metadata={"help": "Lower bound of RandomResizedCrop's scale."})
     max_train_samples: int = field(
-        default=15000, metadata={"help": "Train on a seeded random subset of this many images (0 = all)."}
+        default=15000,
+        metadata={"help": "Train on a seeded random subset of this many images (0 = all); with --streaming, "
+                  "epochs of this many examples of the shuffled stream."},
     )
     checkpoint_steps: int = field(
         default=0, metadata={"help": "Also checkpoint every N steps (every epoch is always checkpointed)."}
@@ -110,28 +113,23 @@ def main(config: SqueezeConfig) -> Path:
     if config.batch_size % num_processes:
         raise ConfigError(f"--batch_size {config.batch_size} is not divisible by {num_processes} processes")
     data = load_stage_data(config)
-    all_images, all_labels = data.tensors("train")
-    subset = training_subset(len(all_images), config.max_train_samples, config.seed)
-    if len(subset) < config.batch_size:
+    source = data.source("train").subset(config.max_train_samples, config.seed)
+    if len(source) < config.batch_size:
         raise ConfigError(
-            f"{len(subset)} training images of {data.name!r} are fewer than one batch: lower --batch_size "
+            f"{len(source)} training images of {data.name!r} are fewer than one batch: lower --batch_size "
             f"(now {config.batch_size}) or raise --max_train_samples"
         )
 
-    accelerator = begin_work(config, run_name, precision)
+    accelerator = begin_work(config, run_name, precision, data)
     with discard_on_divergence(out, CHECKPOINT_DIR, "logs"):
-        images, labels = all_images[subset].to(accelerator.device), all_labels[subset].to(accelerator.device)
         set_seed(config.seed)  # identical initialisation (and MoCo queue) on every process
-        if config.method == "mocov2":
-            plan = plan_mocov2(config, data, images, accelerator)
-        else:
-            plan = plan_supervised(config, data, images, labels, accelerator)
+        plan = (plan_mocov2 if config.method == "mocov2" else plan_supervised)(config, data, accelerator)
         optimizer = torch.optim.SGD(
             plan.model.parameters(), lr=config.resolved_lr(), momentum=config.momentum,
             weight_decay=config.weight_decay,
         )
-        loader = index_loader(len(images), config.batch_size // num_processes, seed=config.seed)
-        model, optimizer, loader = accelerator.prepare(plan.model, optimizer, loader)
+        model, optimizer = accelerator.prepare(plan.model, optimizer)
+        loader = training_loader(accelerator, source, config.batch_size // num_processes, seed=config.seed)
         # Unprepared on purpose: one scheduler step per optimiser step whatever the process count.
         scheduler = cosine_schedule(optimizer, config.epochs * len(loader), config.warmup_steps)
         set_seed(config.seed, device_specific=True)  # different views on each process
@@ -144,7 +142,7 @@ def main(config: SqueezeConfig) -> Path:
     if accelerator.is_main_process:
         backbone = plain_resnet(plan.backbone_of(accelerator.unwrap_model(model)))
         backbone.update_training_info(
-            method=config.method, dataset=data.name, epochs=config.epochs, train_samples=len(images),
+            method=config.method, dataset=data.name, epochs=config.epochs, train_samples=len(source),
             final_loss=round(progress.history[-1]["loss"], 6) if progress.history else None,
             stage="squeeze", config=config.result_fields(),
         )

@@ -1,7 +1,8 @@
 """What a recovery run needs besides its units: the real starting images and the measured BN targets.
 
 Both are computed once, on the main process, before any unit runs, and stored next to the output
-in ``inputs/`` (``init_images.safetensors``: the chosen images and their training-split indices;
+in ``inputs/`` (``init_images.safetensors``: the chosen images and their indices, into the training split or,
+for a streamed dataset, into the per-class pool read from it (metadata ``indices_into``);
 ``bn_targets.safetensors``: per-layer global and per-class statistics of clean training images). Every rank and
 every rerun then reads the same files, so a unit's result stays independent of the process count and a resumed
 run continues from identical inputs. ``inputs/`` is a working folder like ``units/``: never uploaded.
@@ -23,6 +24,9 @@ from ..training.accelerator import Precision
 from ..utils import atomic_save_safetensors
 from .selection import class_seed, select_real_images
 
+STREAM_POOL_PER_IPC = 10
+"""On a stream (no random access), real starting images are chosen among this many candidates per image per
+class (with ``--selection_pool 0``), read in one pass."""
 INIT_FILE = "init_images.safetensors"
 TARGETS_FILE = "bn_targets.safetensors"
 
@@ -45,34 +49,53 @@ def recovery_inputs(
             targets = clean_bn_targets(model, data, config.bn_target_samples, config.seed, precision)
             atomic_save_safetensors(targets_path, targets.tensors(), {"source": targets.source})
         if config.init == "real" and not init_path.exists():
-            indices = select_real_images(
-                observer, *data.tensors("train"), num_classes=data.num_classes, ipc=config.ipc,
-                how=config.selection, seed=config.seed, pool=config.selection_pool, precision=precision,
-            )
-            train_images = data.tensors("train")[0]
-            images = train_images[indices.flatten()].view(*indices.shape, *train_images.shape[1:])
+            images, indices, among = real_starting_images(observer, config, data, precision)
             atomic_save_safetensors(init_path, {"images": images.contiguous(), "train_indices": indices},
-                                    {"selection": str(config.selection)})
+                                    {"selection": str(config.selection), "indices_into": among})
     accelerator.wait_for_everyone()
     targets = _load(targets_path) if config.bn_targets == "clean" else None
     init = _load(init_path)["images"] if config.init == "real" else None
     return (BNTargets.from_tensors(targets, "clean") if targets is not None else None), init
 
 
+def real_starting_images(
+    observer: nn.Module | None, config: Any, data: ImageData, precision: Precision | None
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """``(uint8 images [K, IPC, C, H, W], their indices [K, IPC], what the indices index)``, read through the
+    training split's data source: by index when it has random access (``train``: training-split rows), else
+    from a seeded per-class pool read in one pass of the stream (``pool``: positions in that pool, whose size is
+    ``--selection_pool``, or :data:`STREAM_POOL_PER_IPC` × IPC when that is 0 = all)."""
+    source = data.source("train")
+    if source.random_access:
+        images, labels, pool, among = source.indexed_images(), source.labels(), config.selection_pool, "train"
+    else:
+        size = max(config.selection_pool or STREAM_POOL_PER_IPC * config.ipc, config.ipc)
+        images, labels = source.per_class_subsets(size, [config.seed], data.num_classes)[config.seed]
+        pool, among = 0, "pool"
+    indices = select_real_images(observer, images, labels, num_classes=data.num_classes, ipc=config.ipc,
+                                 how=config.selection, seed=config.seed, pool=pool, precision=precision)
+    chosen = images[indices.flatten()]
+    return chosen.view(*indices.shape, *chosen.shape[1:]), indices, among
+
+
 def clean_bn_targets(
     model: nn.Module, data: ImageData, samples: int, seed: int, precision: Precision | None, batch_size: int = 500
 ) -> BNTargets:
     """BN targets measured on a seeded sample of ``samples`` clean training images (no augmentation), in the
-    model's eval mode and with its normalisation."""
-    images, labels = data.tensors("train")
-    generator = torch.Generator().manual_seed(class_seed(seed, 1 << 30))  # apart from every class's draw
-    chosen = torch.randperm(len(images), generator=generator)[: min(samples, len(images))]
+    model's eval mode and with its normalisation, read through the training split's data source (a stream: the
+    first ``samples`` of its seeded shuffle)."""
+    source = data.source("train")
+    seed = class_seed(seed, 1 << 30)  # apart from every class's draw
     device = next(model.parameters()).device
 
     def batches():
-        for start in range(0, len(chosen), batch_size):
-            idx = chosen[start : start + batch_size]
-            yield normalize(images[idx].to(device), model.mean, model.std), labels[idx]
+        if source.random_access:
+            chosen = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))[:samples]
+            parts = (source.take(chosen[start : start + batch_size]) for start in range(0, len(chosen), batch_size))
+        else:
+            parts = source.subset(samples, seed).batches(batch_size)
+        for images, labels in parts:
+            yield normalize(images.to(device), model.mean, model.std), labels
 
     return measure_bn_targets(model, batches(), data.num_classes, precision)
 

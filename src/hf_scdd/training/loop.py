@@ -6,14 +6,16 @@ every stage: backward (with fp16 loss scaling), optimiser and per-step scheduler
 process, tracker logging, ``save_state`` checkpoints every epoch (and every ``checkpoint_steps``), and
 resumption from the newest checkpoint when the same command is rerun.
 
-Data for small datasets are in-memory tensors: the loader yields *indices* (sharded across processes by
-``prepare``), and the stage's ``step_fn`` gathers and augments the batch on the device with kornia.
+Loaders come from :mod:`hf_scdd.training.loaders` (batches of uint8 images and labels from any
+:class:`~hf_scdd.data.sources.ImageSource`, on the device; the stage's ``step_fn`` augments them there with
+kornia) or, for data already in memory (probe features, post-training batch indices), :func:`index_loader`.
 
-**Resumption is exact.** The shuffle order of an epoch is a function of ``(seed, epoch)`` (:class:`EpochSampler`),
-not the state of a generator, so a resumed run replays the very order an uninterrupted run would have used;
-every other random state (Python, NumPy, torch, CUDA) is in the ``save_state`` checkpoint, and a mid-epoch
-resume skips the finished batches by iterating past them (indices only), which consumes no random numbers.
-A killed run and its rerun therefore give bit-identical weights.
+**Resumption is exact.** The shuffle order of an epoch is a function of ``(seed, epoch)``
+(:class:`~hf_scdd.training.loaders.EpochSampler`, or the re-seeded buffer of a stream), not the state of a
+generator, so a resumed run replays the very order an uninterrupted run would have used; every other random
+state (Python, NumPy, torch, CUDA) is in the ``save_state`` checkpoint, and a mid-epoch resume skips the finished
+batches by iterating past them, which consumes no random numbers. A killed run and its rerun therefore give
+bit-identical weights.
 
 **Divergence stops the run.** Every step's loss is checked (it is read back for logging anyway) and the model's
 parameters after the last step: a NaN/inf raises :class:`~hf_scdd.errors.NonFiniteError` naming the step and
@@ -33,11 +35,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from ..augment.views import epoch_seed
 from ..errors import NonFiniteError
 from .accelerator import Precision
+from .loaders import EpochSampler
 
 logger = logging.getLogger(__name__)
 
@@ -60,27 +62,6 @@ class IndexDataset(Dataset):
 
     def __getitem__(self, i: int) -> int:
         return i
-
-
-class EpochSampler(Sampler[int]):
-    """The indices 0..n-1 in an order that is a function of ``(seed, epoch)`` only (``set_epoch``, which
-    accelerate's prepared loader forwards), so a resumed run shuffles exactly as an uninterrupted one, on
-    every process alike (accelerate then shards the batches)."""
-
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.n))
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch, stream="shuffle"))
-        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 def index_loader(n: int, batch_size: int, *, seed: int, shuffle: bool = True, drop_last: bool = True) -> DataLoader:
@@ -257,7 +238,7 @@ def train(
             on_epoch_start(progress.epoch)
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(progress.epoch)
-        skip = progress.step_in_epoch  # a mid-epoch resume: iterate past the finished batches (indices only)
+        skip = progress.step_in_epoch  # a mid-epoch resume: iterate past the finished batches
         for batch_index, batch in enumerate(loader):
             if batch_index < skip:
                 continue

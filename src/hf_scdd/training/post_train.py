@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..augment.views import EpochPlan, ViewSpec, make_epoch_plan, render_batch
+from ..augment.views import EpochPlan, ViewSpec, make_epoch_plan, render_views
 from ..data.loading import ImageData
-from ..data.tensors import normalize, per_class_subset
+from ..data.sources import ImageSource
+from ..data.tensors import normalize
 from ..errors import ConfigError
 from ..formats.soft_labels import InMemoryLabels, is_compact
 from ..losses.distillation import kd_loss, mixed_hard_loss
@@ -42,6 +43,21 @@ from ..utils import atomic_write_text
 from .accelerator import Precision, finish_trackers, make_accelerator
 from .evaluation import evaluate_top1
 from .loop import IndexDataset, cosine_schedule, remove_checkpoints, train
+
+Images = torch.Tensor | ImageSource
+"""A training set's images: in-memory uint8 [N, C, S, S], or a random-access source (the full-data run)."""
+
+
+def fetch_images(images: Images, idx: torch.Tensor) -> torch.Tensor:
+    """The uint8 images at ``idx``, from memory or decoded from a source."""
+    if isinstance(images, ImageSource):
+        return images.take(idx)[0]
+    return images[idx.to(images.device)]
+
+
+def image_side(images: Images) -> int:
+    """The side length of a training set's (square) images."""
+    return images.image_size if isinstance(images, ImageSource) else int(images.shape[-1])
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +108,7 @@ class StudentSettings(Protocol):
     eval_batch_size: int
     random_baseline: bool
     full_data_baseline: bool
+    seeds: list[int]
     full_data_steps: int | None
     seeds: list[int]
     save_student: bool
@@ -112,7 +129,7 @@ class TargetSource:
         self,
         mode: str,
         *,
-        images: torch.Tensor,
+        images: Images,
         labels: torch.Tensor,
         batch_size: int,
         view_spec,
@@ -143,15 +160,15 @@ class TargetSource:
             self.plan, self.stored_logits = record.plan, record
         else:
             self.plan = make_epoch_plan(
-                len(self.images), self.batch_size, self.view_spec, self.seed, epoch, self.images.shape[-1]
+                len(self.images), self.batch_size, self.view_spec, self.seed, epoch, image_side(self.images)
             )
 
     def loss(self, model, b: int, preprocess, device) -> torch.Tensor:
         """Batch ``b``'s loss: the student on the batch's mixed views against this mode's targets."""
         plan = self.plan
-        pixels = render_batch(self.images, plan, b, device)
-        logits = model(preprocess(pixels)).float()
         slots = plan.batch_slots(b)
+        pixels = render_views(fetch_images(self.images, plan.order[slots].long()), plan, b, device)
+        logits = model(preprocess(pixels)).float()
         own, partner = plan.order[slots].long(), plan.order[plan.mix_index[slots].long()].long()
         lam = float(plan.mix_lambda[b])
         T = self.temperature
@@ -206,7 +223,7 @@ def train_student(
     config: StudentSettings,
     *,
     data: ImageData,
-    images: torch.Tensor,
+    images: Images,
     labels: torch.Tensor,
     mode: str,
     seed: int,
@@ -217,7 +234,8 @@ def train_student(
     name: str = "student",
     keep_model: bool = False,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
-    """Train one student on ``images`` (uint8) with one label mode and seed; returns (result, student).
+    """Train one student on ``images`` (uint8 tensor, or a random-access source read batch by batch) with one
+    label mode and seed; returns (result, student). The test split is scored through ``data.source("test")``.
 
     ``steps`` overrides the config's step budget (the full-data run has its own). Resumable: checkpoints under
     ``run_dir/checkpoints`` (removed when the run finishes). ``keep_model`` saves the student in
@@ -247,14 +265,14 @@ def train_student(
         teacher = teacher.to(device)
         teacher_call = teacher_fn(teacher, data.mean, data.std, train_mode=config.teacher_train_mode)
     source = TargetSource(
-        mode, images=images.to(device), labels=labels, batch_size=batch_size, view_spec=config.view_spec(),
+        mode, images=images if isinstance(images, ImageSource) else images.to(device), labels=labels, batch_size=batch_size, view_spec=config.view_spec(),
         seed=seed, temperature=config.temperature, t2=config.t2_factor, teacher=teacher_call, store=store,
     )
     optimizer = torch.optim.AdamW(param_groups(student, config.weight_decay, config.decay_all_params), lr=config.lr)
     scheduler = cosine_schedule(optimizer, total_steps=epochs * num_batches)
     loader = DataLoader(IndexDataset(num_batches), batch_size=1, shuffle=False)
     student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
-    test_images, test_labels = data.tensors("test")
+    test_source = data.source("test")
     scored = evaluation_epochs(epochs, config.eval_points)
 
     def preprocess(pixels: torch.Tensor) -> torch.Tensor:
@@ -268,7 +286,7 @@ def train_student(
         if epoch + 1 not in scored:
             return {}
         top1, count = evaluate_top1(
-            accelerator, student, test_images, test_labels, preprocess,
+            accelerator, student, test_source, preprocess,
             batch_size=config.eval_batch_size, return_count=True, precision=precision,
         )
         return {"top1": top1, "test_count": count, "step": (epoch + 1) * num_batches}
@@ -279,7 +297,7 @@ def train_student(
         precision=precision, checkpoint_epochs=max(1, epochs // 10),
     )
     result = summarize_history(progress.history)
-    result.update(mode=mode, seed=seed, epochs=epochs, num_images=len(images), test_size=len(test_labels),
+    result.update(mode=mode, seed=seed, epochs=epochs, num_images=len(images), test_size=len(test_source),
                   steps=progress.global_step, precision=precision.name)
     remove_checkpoints(accelerator, run_dir)
     model = accelerator.unwrap_model(student)
@@ -369,27 +387,48 @@ def run_groups(
             images=images, labels=labels, mode=m, teacher=teacher, store=store
         )
     if config.random_baseline:
-        train_images, train_labels = data.tensors("train")
         ipc = images_per_class(labels, data.num_classes)
+        subsets = _lazy(lambda: data.source("train").per_class_subsets(ipc, list(config.seeds), data.num_classes))
         for mode in modes:
             if mode == "stored" and teacher is None:
                 logger.warning("no --teacher: skipping the random-subset baseline for stored labels")
                 continue
 
             def random_spec(seed, m=mode):
-                idx = per_class_subset(train_labels, ipc, seed=seed, num_classes=data.num_classes)
-                sub_images, sub_labels = train_images[idx], train_labels[idx]
+                sub_images, sub_labels = subsets()[seed]
                 sub_store = None
                 if m == "stored":  # the same label format, made in memory for this subset
-                    fmt = replace(store.format, num_images=len(idx))
+                    fmt = replace(store.format, num_images=len(sub_labels))
                     device = next(teacher.parameters()).device
                     sub_store = InMemoryLabels(sub_images, teacher_fn(teacher, data.mean, data.std), fmt, device)
                 return dict(images=sub_images, labels=sub_labels, mode=m, teacher=teacher, store=sub_store)
 
             groups[f"random/{mode}"] = random_spec
     if config.full_data_baseline:
-        train_images, train_labels = data.tensors("train")
+        train = data.source("train")
+        ok, message = full_data_check(config.full_data_baseline, not train.random_access)
+        if not ok:
+            raise ConfigError(message)
         groups["full/hard"] = lambda seed: dict(
-            images=train_images, labels=train_labels, mode="hard", steps=config.full_data_steps or config.steps
+            images=train, labels=train.labels(), mode="hard", steps=config.full_data_steps or config.steps
         )
     return groups
+
+
+def full_data_check(full_data_baseline: bool, streaming: bool) -> tuple[bool, str]:
+    """The full-data run replays recorded views by row index: a config check refusing it on a stream."""
+    return (not (full_data_baseline and streaming),
+            "--full_data_baseline replays recorded views by index, which a streamed dataset (--streaming) cannot "
+            "do: load it without --streaming (--data_source stream still reads it batch by batch)")
+
+
+def _lazy(make: Callable[[], Any]) -> Callable[[], Any]:
+    """``make()`` on the first call, the same value afterwards (one pass for every seed's random subset)."""
+    cache: list = []
+
+    def get() -> Any:
+        if not cache:
+            cache.append(make())
+        return cache[0]
+
+    return get

@@ -3,7 +3,8 @@
 ``mocov2`` (SC-DD) pre-trains a backbone with MoCo v2 (query encoder, momentum key encoder and queue from
 :mod:`hf_scdd.models.moco`, SSL views); ``supervised`` (the SRe²L control) trains the same backbone with
 cross-entropy on pad-crop + flip views. Both differ only in what is built and in the ``step_fn`` handed to
-:func:`hf_scdd.training.loop.train`; every forward runs under the stage's precision and its outputs are
+:func:`hf_scdd.training.loop.train`, which receives batches of ``(uint8 images, labels)`` on the device from
+:func:`hf_scdd.training.loaders.training_loader`; every forward runs under the stage's precision and its outputs are
 cast to float32 before the loss.
 """
 
@@ -72,7 +73,7 @@ def splits_per_process(config: PretrainSettings, num_processes: int) -> int:
     return splits
 
 
-def plan_mocov2(config: PretrainSettings, data: ImageData, images: torch.Tensor, accelerator) -> TrainingPlan:
+def plan_mocov2(config: PretrainSettings, data: ImageData, accelerator) -> TrainingPlan:
     """MoCo v2: split-BN query encoder, momentum key state (checkpointed), SSL views, InfoNCE against the queue."""
     splits = splits_per_process(config, accelerator.num_processes)
     query = ProjectionEncoder(use_split_batchnorm(new_backbone(config, data, 0), splits), config.moco_dim)
@@ -80,8 +81,8 @@ def plan_mocov2(config: PretrainSettings, data: ImageData, images: torch.Tensor,
     augment = ssl_view_augmentation(data.channels, data.image_size, crop_scale=(config.crop_min_scale, 1.0))
 
     def make_step_fn(acc, prepared: nn.Module, precision: Precision) -> Callable:
-        def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-            x = images[idx]
+        def step(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+            x, _ = batch
             view_q, view_k = (data.normalize(v) for v in two_views(augment, x))
             with precision.autocast():
                 q = prepared(view_q).float()
@@ -97,28 +98,20 @@ def plan_mocov2(config: PretrainSettings, data: ImageData, images: torch.Tensor,
     return TrainingPlan(query, [key_state], make_step_fn, lambda unwrapped: unwrapped.backbone)
 
 
-def plan_supervised(
-    config: PretrainSettings, data: ImageData, images: torch.Tensor, labels: torch.Tensor, accelerator
-) -> TrainingPlan:
+def plan_supervised(config: PretrainSettings, data: ImageData, accelerator) -> TrainingPlan:
     """The SRe²L control: the same backbone with a classifier, pad-crop + flip views, cross-entropy."""
     model = new_backbone(config, data, data.num_classes)
     augment = supervised_view_augmentation(data.image_size)
 
     def make_step_fn(acc, prepared: nn.Module, precision: Precision) -> Callable:
-        def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-            x = data.normalize(augment(to_unit_float(images[idx])))
+        def step(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+            images, y = batch
+            x = data.normalize(augment(to_unit_float(images)))
             with precision.autocast():
                 logits = prepared(x).float()
-            y = labels[idx]
             return {"loss": F.cross_entropy(logits, y), "train_top1": (logits.argmax(1) == y).float().mean()}
 
         return step
 
     return TrainingPlan(model, [], make_step_fn, lambda unwrapped: unwrapped)
 
-
-def training_subset(n: int, max_samples: int, seed: int) -> torch.Tensor:
-    """All indices, or a seeded random subset of ``max_samples`` of them."""
-    if not max_samples or max_samples >= n:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_samples].sort().values

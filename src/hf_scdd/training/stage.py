@@ -3,8 +3,9 @@
 A stage starts in two steps, so that a run refused for its inputs leaves nothing behind that would lock the
 folder: :func:`start_stage` validates the config, resolves device and precision, compares the config with the
 one recorded in the output folder (without writing) and says whether the stage's final model already exists;
-the stage then loads and checks its inputs, and :func:`begin_work` records the config and builds the
-accelerator (trackers, checkpoints) as the work starts.
+the stage then loads and checks its inputs (:func:`load_stage_data`), and :func:`begin_work` records the config
+and the data source it reads through (memory or stream), and builds the accelerator (trackers, checkpoints) as
+the work starts.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..configs import StageConfig, check_config, record_config
+from ..configs import StageConfig, check_config, record_config, record_runtime
 from ..data.loading import ImageData, load_image_dataset
 from ..utils import use_cpu
 from .accelerator import Precision, make_accelerator
@@ -45,9 +46,9 @@ def start_stage(config: StageConfig, run_name: str, final: Path) -> StageStart:
     return StageStart(state, precision, finished)
 
 
-def begin_work(config: StageConfig, run_name: str, precision: Precision):
-    """Record the config (main process) and build the stage's accelerator: from here on the folder holds
-    this run's work, which a rerun of the same command resumes."""
+def begin_work(config: StageConfig, run_name: str, precision: Precision, data: ImageData | None = None):
+    """Record the config (main process), and the data source ``data`` reads through, and build the stage's
+    accelerator: from here on the folder holds this run's work, which a rerun of the same command resumes."""
     out = Path(config.output_dir)
     accelerator = make_accelerator(out, cpu=config.cpu, report_to=config.report_to, run_name=run_name,
                                    config=config.to_dict())
@@ -55,13 +56,15 @@ def begin_work(config: StageConfig, run_name: str, precision: Precision):
         out.mkdir(parents=True, exist_ok=True)
         record_config(config, out, runtime={"precision": precision.name})
     accelerator.wait_for_everyone()
+    if data is not None and accelerator.is_main_process:
+        record_runtime(out, {"data_source": data.source_kind})
     return accelerator
 
 
 def load_stage_data(config: StageConfig, **options: Any) -> ImageData:
-    """The dataset a stage's config names, with its column and split overrides; ``options`` go to
-    :func:`~hf_scdd.data.loading.load_image_dataset` (e.g. ``channels`` of the backbone)."""
-    return load_image_dataset(
-        config.dataset, image_column=config.image_column, label_column=config.label_column,
-        train_split=config.train_split, test_split=config.test_split, **options,
-    )
+    """The dataset a stage's config names, with its column, split, size and data-source settings; ``options``
+    go to :func:`~hf_scdd.data.loading.load_image_dataset` (e.g. ``channels`` of the backbone) and win."""
+    settings = dict(image_column=config.image_column, label_column=config.label_column,
+                    train_split=config.train_split, test_split=config.test_split, image_size=config.image_size,
+                    streaming=config.streaming, data_source=config.data_source, num_workers=config.num_workers)
+    return load_image_dataset(config.dataset, **{**settings, **options})
