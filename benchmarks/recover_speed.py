@@ -1,4 +1,4 @@
-"""Recovery throughput: the library (one-by-one, grouped, 1 vs 2 processes) against a plain reference loop.
+"""Recovery throughput: the library (fp32/bf16, one-by-one, grouped, 1 vs 2 processes) vs a plain reference loop.
 
 Prints images·iterations per second, ratios and peak memory for two shapes:
 
@@ -10,11 +10,25 @@ The reference loop is written here, independently of the library: fp32, one batc
 on every BN layer computing the exact SC-DD objective with ``torch.norm``, Adam(0.5, 0.9), cosine LR, roll
 jitter, per-step clamp (what ``SCDD/cifar100_code/recover/recover_cifar100.py`` does, minus file I/O).
 
+The library's settings run at each of ``--precisions``: ``fp32`` (``hf-scdd recover --mixed_precision no``) and
+``bf16`` (``--mixed_precision bf16``: the library's own :class:`~hf_scdd.training.accelerator.Precision` autocast
+around the forward pass; BN statistics, losses, images and Adam state stay float32). The default is
+``fp32,bf16`` where bf16 runs natively (a CPU with ``amx_bf16`` or ``avx512_bf16``, a CUDA GPU with bf16) and
+``fp32`` elsewhere: emulated bf16 on an AVX2-only CPU is ~17x slower than fp32. The reference stays fp32.
+
 Every setting runs in a fresh subprocess so its peak memory (``ru_maxrss`` on CPU, ``max_memory_allocated`` on
 CUDA) is its own; one warm-up step is excluded from the timing. Weights are random (speed does not depend on
-them); BN running statistics come from a few train-mode forwards.
+them); BN running statistics come from a few train-mode forwards. Every table starts with the hardware line
+(CPU model, cores, amx_bf16 / avx512_bf16 / avx2, GPU name); the results, hardware and date are written as
+JSON (``--json``, default ``benchmarks/results/recover_speed.json``). The last line checks issue 12's target
+on the CIFAR-100 shape: the best library setting ≥ 3× the reference with bf16 units, ≥ 1.5× without.
 
-    python benchmarks/recover_speed.py                       # CPU, a few iterations per setting (< 3 min)
+No ``torch.compile`` setting: the library opens a fresh ``BNStatsRecorder`` (new BN forward hooks) for every
+``synthesize_group`` call, so a compiled model would be re-traced per group, and compiling ResNet-18's forward
+and input-backward with Inductor would take longer than the few timed iterations per setting run here.
+
+    python benchmarks/recover_speed.py                       # CPU, a few iterations per setting (< 5 min)
+    python benchmarks/recover_speed.py --shapes cifar100 --precisions fp32,bf16 --iterations 3
     python benchmarks/recover_speed.py --iterations 20 --device cuda
 """
 
@@ -30,13 +44,42 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "recover_speed.json"
 SHAPES = {
     # name: (channels, image size, classes per batch)
     "builtin": (1, 28, 10),
     "cifar100": (3, 32, 100),
 }
+
+
+def hardware_line(device: str) -> str:
+    """One line naming the hardware every figure below was measured on."""
+    import torch
+
+    from hf_scdd.utils import CPU_KIND_FLAGS, hardware_summary
+
+    hw = hardware_summary()
+    flags = ", ".join(f"{flag} {'yes' if flag in hw['cpu_flags'] else 'no'}" for flag in CPU_KIND_FLAGS)
+    line = f"# hardware: {hw['cpu_model']}, {hw['cores']} cores ({flags}); torch {hw['torch']}"
+    if device.startswith("cuda"):
+        line += f"; device {torch.cuda.get_device_name(torch.device(device))}"
+    return line
+
+
+def default_precisions(device: str) -> str:
+    """``fp32,bf16`` where bf16 is native here (the library's CPU check, a bf16 GPU), else ``fp32``."""
+    import torch
+
+    from hf_scdd.training.accelerator import cpu_has_fast_bf16
+
+    if device.startswith("cuda"):
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        native = cpu_has_fast_bf16()
+    return "fp32,bf16" if native else "fp32"
 
 
 def build_model(channels: int, size: int, classes: int, device: str):
@@ -110,6 +153,7 @@ def run_setting(args) -> dict:
 
     from hf_scdd.synthesis.engine import SynthesisSpec, synthesize_group
     from hf_scdd.synthesis.units import make_groups, plan_units
+    from hf_scdd.training.accelerator import Precision
 
     channels, size, classes = SHAPES[args.shape]
     device = args.device
@@ -126,6 +170,8 @@ def run_setting(args) -> dict:
     units = plan_units(classes, args.units, 0, seed=0)
     groups = make_groups(units, args.group)
     mine = groups[rank::world]
+    # what `hf-scdd recover --mixed_precision {no,bf16}` runs: the stage's Precision around the forward pass
+    precision = Precision.resolve({"fp32": "no"}.get(args.precision, args.precision), device)
 
     def sync():
         if device.startswith("cuda"):
@@ -140,13 +186,13 @@ def run_setting(args) -> dict:
         for _ in range(args.units):
             reference_loop(model, classes, channels, size, args.iterations, device)
     else:
-        synthesize_group(model, mine[0], warm, device=device)
+        synthesize_group(model, mine[0], warm, device=device, precision=precision)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         sync()
         start = time.perf_counter()
         for group in mine:
-            synthesize_group(model, group, spec, device=device)
+            synthesize_group(model, group, spec, device=device, precision=precision)
     sync()
     elapsed = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
@@ -156,11 +202,12 @@ def run_setting(args) -> dict:
 
 
 def launch(shape: str, mode: str, units: int, group: int, processes: int, iterations: int, device: str,
-           threads: int) -> dict:
+           threads: int, precision: str = "fp32") -> dict:
     """Run one setting in fresh process(es); returns the slowest rank's time and the summed peak memory."""
     out = Path(tempfile.mkdtemp(prefix="recover_speed_"))
     worker = [__file__, "--worker", "--shape", shape, "--mode", mode, "--units", str(units), "--group",
-              str(group), "--iterations", str(iterations), "--device", device, "--result", str(out)]
+              str(group), "--iterations", str(iterations), "--device", device, "--result", str(out),
+              "--precision", precision]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     if processes == 1:
         command = [sys.executable, *worker]
@@ -183,7 +230,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="intra-op threads per process (1: on a shared 2-core box, 2 spinning OpenMP threads "
                              "under load were up to 100x slower); one extra row uses all cores in one process")
+    parser.add_argument("--precisions", default=None,
+                        help="library precisions to run, comma-separated from fp32,bf16 (default: fp32,bf16 where "
+                             "bf16 is native here - amx_bf16/avx512_bf16 CPU or bf16 GPU - else fp32)")
+    parser.add_argument("--json", default=str(DEFAULT_JSON),
+                        help="where to write the results as JSON ('' to skip; default: %(default)s)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="builtin", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="library", help=argparse.SUPPRESS)
     parser.add_argument("--units", type=int, default=1, help=argparse.SUPPRESS)
@@ -195,39 +248,112 @@ def main() -> None:
         Path(args.result, f"rank{result['rank']}.json").write_text(json.dumps(result))
         return
 
+    precisions = [p.strip() for p in (args.precisions or default_precisions(args.device)).split(",") if p.strip()]
+    if not precisions or any(p not in ("fp32", "bf16") for p in precisions):
+        parser.error(f"--precisions takes fp32 and/or bf16, got {args.precisions!r}")
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    hardware = hardware_line(args.device)
+    began = time.perf_counter()
+    load_start = os.getloadavg()
+    print(hardware)
     print(f"# recover_speed: device={args.device}, iterations/setting={args.iterations}, threads={args.threads}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"precisions={','.join(precisions)}, load average {load_start[0]:.1f}", flush=True)
     rows = []
     cores = os.cpu_count() or 1
-    for shape in args.shapes.split(","):
+    for shape in shapes:
         units, group = (4, 4) if shape == "builtin" else (2, 2)
-        settings = [
-            ("reference loop (fp32, 1 batch, hooks)", "reference", units, 1, 1, args.threads),
-            ("library, one by one", "library", units, 1, 1, args.threads),
-            (f"library, grouped G={group}", "library", units, group, 1, args.threads),
-        ]
-        if args.device == "cpu":
-            half = max(1, group // 2)
-            settings.append((f"library, G={half}, 1 process", "library", units, half, 1, args.threads))
-            settings.append((f"library, G={half}, 2 processes", "library", units, half, 2, args.threads))
-            settings.append((f"library, G={half}, 1 process x {cores} threads", "library", units, half, 1, cores))
-        for label, mode, n_units, g, processes, threads in settings:
-            r = launch(shape, mode, n_units, g, processes, args.iterations, args.device, threads)
+        half = max(1, group // 2)
+        # (label, mode, units, group, processes, threads, precision)
+        settings = [("reference loop (fp32, 1 batch, hooks)", "reference", units, 1, 1, args.threads, "fp32")]
+        for p in precisions:
+            settings.append((f"library {p}, one by one", "library", units, 1, 1, args.threads, p))
+            if p == "fp32":
+                settings.append((f"library {p}, grouped G={group}", "library", units, group, 1, args.threads, p))
+            if args.device == "cpu":
+                if half > 1:  # G=1 in 1 process is the one-by-one row
+                    settings.append((f"library {p}, G={half}, 1 process", "library", units, half, 1, args.threads, p))
+                settings.append((f"library {p}, G={half}, 2 processes", "library", units, half, 2, args.threads, p))
+                if p == "fp32":
+                    settings.append((f"library {p}, G={half}, 1 process x {cores} threads", "library", units, half,
+                                     1, cores, p))
+        for label, mode, n_units, g, processes, threads, p in settings:
+            r = launch(shape, mode, n_units, g, processes, args.iterations, args.device, threads, p)
+            r.update(label=label, mode=mode, units=n_units, group=g, processes=processes, threads=threads,
+                     precision=p)
             rows.append((shape, label, r))
-            print(f"{shape:9s} {label:42s} {r['img_it_per_s']:9.1f} img·it/s  {r['seconds']:7.2f} s  "
+            print(f"{shape:9s} {label:44s} {r['img_it_per_s']:9.1f} img·it/s  {r['seconds']:7.2f} s  "
                   f"peak {r['peak_mib']:8.0f} MiB", flush=True)
-    print("\n# ratios (images·iterations per second)")
-    for shape in args.shapes.split(","):
+
+    load_end = os.getloadavg()
+    print(f"\n{hardware}")
+    print(f"# ratios (images·iterations per second; {args.iterations} iterations/setting; load average "
+          f"{load_start[0]:.1f} at start, {load_end[0]:.1f} at end)")
+    summary: dict = {}
+    for shape in shapes:
         by = {label: r for s, label, r in rows if s == shape}
         ref = next(r for label, r in by.items() if label.startswith("reference"))
+        print(f"\n{shape}: | setting | img·it/s | × reference | peak memory |")
+        print("|---|---|---|---|")
         for label, r in by.items():
-            if not label.startswith("reference"):
-                print(f"{shape:9s} {label:42s} {r['img_it_per_s'] / ref['img_it_per_s']:5.2f}× reference")
-        two = [r for label, r in by.items() if label.endswith("2 processes")]
-        one = [r for label, r in by.items() if label.endswith("1 process")]
-        if two and one:
-            print(f"{shape:9s} 2 processes vs 1 process (same G, threads) "
-                  f"{two[0]['img_it_per_s'] / one[0]['img_it_per_s']:5.2f}×")
+            r["x_reference"] = r["img_it_per_s"] / ref["img_it_per_s"]
+            peak = f"{r['peak_mib']:.0f} MiB" + (" (sum)" if r["processes"] > 1 else "")
+            print(f"| {label} | {r['img_it_per_s']:.1f} | {r['x_reference']:.2f} | {peak} |")
+        for p in precisions:
+            two = [r for label, r in by.items() if r["precision"] == p and r["processes"] == 2]
+            one = [r for label, r in by.items() if r["mode"] == "library" and r["precision"] == p
+                   and r["processes"] == 1 and r["threads"] == args.threads and two and r["group"] == two[0]["group"]]
+            if two and one:
+                print(f"{shape} {p}: 2 processes vs 1 process (same G, {args.threads} thread(s) each) "
+                      f"{two[0]['img_it_per_s'] / one[0]['img_it_per_s']:.2f}×")
+        if "fp32" in precisions and "bf16" in precisions:
+            f32 = by.get("library fp32, one by one")
+            b16 = by.get("library bf16, one by one")
+            if f32 and b16:
+                print(f"{shape}: bf16 vs fp32 (library, one by one) {b16['img_it_per_s'] / f32['img_it_per_s']:.2f}×")
+        library = [r for r in by.values() if r["mode"] == "library"]
+        best = max(library, key=lambda r: r["img_it_per_s"])
+        summary[shape] = {"best": best["label"], "best_x_reference": best["x_reference"]}
+
+    bf16_units = default_precisions(args.device) == "fp32,bf16"  # the hardware's bf16 units decide the target
+    target = 3.0 if bf16_units else 1.5
+    check = None
+    print()
+    print(hardware)
+    if "cifar100" in summary:
+        best = summary["cifar100"]
+        met = best["best_x_reference"] >= target
+        check = {"best": best["best"], "x_reference": best["best_x_reference"], "bf16_units": bf16_units,
+                 "target": target, "met": met}
+        print(f"CIFAR-100 shape: best library setting = {best['best_x_reference']:.2f}× the reference "
+              f"({best['best']}) (target ≥ 3× with bf16 units, ≥ 1.5× without): "
+              f"{'bf16 units here' if bf16_units else 'no bf16 units here'} → target {target:g}× "
+              f"{'MET' if met else 'NOT MET'}"
+              + (" (bf16 not measured: add --precisions fp32,bf16)" if bf16_units and "bf16" not in precisions else ""))
+    else:
+        print("CIFAR-100 shape not run (--shapes): no target check")
+
+    if args.json:
+        from hf_scdd.utils import hardware_summary
+
+        record = {
+            "benchmark": "recover_speed",
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+            "hardware": {**hardware_summary(), "line": hardware.removeprefix("# hardware: ")},
+            "device": args.device,
+            "iterations": args.iterations,
+            "threads": args.threads,
+            "precisions": precisions,
+            "load_average": {"start": list(load_start), "end": list(load_end)},
+            "wall_seconds": time.perf_counter() - began,
+            "rows": [{"shape": shape, **r} for shape, _, r in rows],
+            "best": summary,
+            "target_check": check,
+        }
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"# results written to {path}")
 
 
 if __name__ == "__main__":
