@@ -492,7 +492,7 @@ def test_default_push_to_hub_pushes_soft_labels_that_load_and_match(world, tmp_p
         push_to_hub=namespace, evaluate="{batch_size: 4}", relabel="{batch_size: 4}",
         recover="{group_size: 1}",
     )
-    assert config.label_modes == ["online"]  # the default: evaluation itself stores no labels
+    assert "stored" not in config.label_modes  # the default: evaluation itself stores no labels
     summary = run(config)
     repo = summary["pushed"]["distilled"]
     files = HfApi().list_repo_files(repo, repo_type="dataset")
