@@ -79,10 +79,21 @@ def evaluation_dir(work: Path, name: str, ipc: int, seeds: list[int]) -> Path:
 
 
 def best_evaluation(work: Path, name: str, ipc: int) -> dict | None:
-    """The finished evaluation of (row, IPC) with the most seeds, or None."""
+    """Every finished evaluation of (row, IPC) merged: the runs of distinct seeds from all its folders (a row
+    first evaluated with seed 0, then with seeds 1 2, counts as three seeds), aggregated again; None if none."""
+    from hf_scdd.training.report import aggregate
+
     found = [read_results(p) for p in sorted((work / "evaluate").glob(f"{name}-ipc{ipc}-seeds*"))
              if (p / "results.json").exists()]
-    return max(found, key=lambda r: len(r["config"]["seeds"]), default=None)
+    if not found:
+        return None
+    runs: dict[str, dict[int, dict]] = {}
+    for report in found:
+        for key, results in report["runs"].items():
+            for result in results:
+                runs.setdefault(key, {}).setdefault(result["seed"], result)
+    merged = max(found, key=lambda r: len(r["config"]["seeds"]))
+    return {**merged, "results": aggregate({k: [v[s] for s in sorted(v)] for k, v in runs.items()})}
 
 
 def chosen_specs(args, models: Path, setup) -> dict[str, dict]:
