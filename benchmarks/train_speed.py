@@ -1,0 +1,95 @@
+"""Training-step speed, fp32 vs bf16, for the shapes squeeze and post-training run (issue 12's "epochs ≥ 2× faster
+where bf16 units exist").
+
+    python benchmarks/train_speed.py                    # a few steps per shape, interleaved fp32 / bf16
+    python benchmarks/train_speed.py --steps 20 --threads 2
+
+One training step = forward + cross-entropy + backward + AdamW step of the library's ``ResNet`` in train mode,
+under the library's own :class:`~hf_scdd.training.accelerator.Precision` (what ``--mixed_precision bf16|no`` runs:
+autocast for the forward, fp32 weights, optimiser and loss). That is the core of both a supervised squeeze step
+and a post-training student step (MoCo v2 adds a second, no-grad forward; KD a teacher forward). fp32 and bf16
+blocks alternate in one process, so load from other jobs falls on both alike, and the ratio is reported per
+shape with the hardware line. Results also go to ``benchmarks/results/train_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from common import HERE, hardware_line
+
+SHAPES = {
+    # name: (arch, width, channels, image size, batch): the built-in student, a CIFAR student, SC-DD's ResNet-18
+    "resnet10-w16-28px-b64": ("resnet10", 16, 1, 28, 64),
+    "resnet10-w64-32px-b128": ("resnet10", 64, 3, 32, 128),
+    "resnet18-w64-32px-b128": ("resnet18", 64, 3, 32, 128),
+}
+
+
+def step_time(model, optimizer, x, y, precision, steps: int) -> float:
+    """Seconds per training step over ``steps`` steps (after the caller's warm-up)."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        with precision.autocast():
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return (time.perf_counter() - start) / steps
+
+
+def measure(shape: str, steps: int, rounds: int) -> dict:
+    from hf_scdd.models.resnet import ResNet
+    from hf_scdd.training.accelerator import Precision
+
+    arch, width, channels, size, batch = SHAPES[shape]
+    torch.manual_seed(0)
+    model = ResNet(arch=arch, width=width, in_channels=channels, image_size=size, num_classes=10).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,))
+    precisions = {"fp32": Precision.resolve("no", "cpu"), "bf16": Precision.resolve("bf16", "cpu")}
+    times: dict[str, list[float]] = {name: [] for name in precisions}
+    for name, precision in precisions.items():  # warm-up (oneDNN primitive creation)
+        step_time(model, optimizer, x, y, precision, 2)
+    for _ in range(rounds):
+        for name, precision in precisions.items():
+            times[name].append(step_time(model, optimizer, x, y, precision, steps))
+    fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
+    return {"shape": shape, "fp32_s_per_step": fp32, "bf16_s_per_step": bf16, "bf16_speedup": fp32 / bf16,
+            "rounds": rounds, "steps_per_round": steps}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=5, help="steps per timed block")
+    p.add_argument("--rounds", type=int, default=3, help="alternating fp32 / bf16 blocks per shape (median)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    hardware = hardware_line()
+    print(f"# hardware: {hardware}; {args.threads} thread(s); load average {os.getloadavg()[0]:.1f}", flush=True)
+    print("| shape | fp32 s/step | bf16 s/step | bf16 speed-up |\n|---|---:|---:|---:|", flush=True)
+    rows = []
+    for shape in args.shapes:
+        row = measure(shape, args.steps, args.rounds)
+        rows.append(row)
+        print(f"| {shape} | {row['fp32_s_per_step']:.3f} | {row['bf16_s_per_step']:.3f} | "
+              f"{row['bf16_speedup']:.2f}× |", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}; target: ≥ 2× where the CPU has bf16 units")
+    out = Path(HERE) / "results" / "train_speed.json"
+    out.write_text(json.dumps({"date": str(date.today()), "hardware": hardware, "args": vars(args),
+                               "load_end": os.getloadavg()[0], "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
