@@ -493,7 +493,11 @@ def test_default_push_to_hub_pushes_soft_labels_that_load_and_match(world, tmp_p
         recover="{group_size: 1}",
     )
     assert "stored" not in config.label_modes  # the default: evaluation itself stores no labels
+    import torch
+
+    threads = torch.get_num_threads()
     summary = run(config)
+    assert torch.get_num_threads() == threads  # the run's CPU thread share ends with the run
     repo = summary["pushed"]["distilled"]
     files = HfApi().list_repo_files(repo, repo_type="dataset")
     assert "soft_labels/epoch_0000.safetensors" in files  # 2 student epochs / 10, rounded up: 1 stored epoch, cycled
