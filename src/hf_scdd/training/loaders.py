@@ -15,7 +15,7 @@ Either way :func:`hf_scdd.training.loop.train` sees an object with ``len``, ``se
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Sampler
