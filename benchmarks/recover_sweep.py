@@ -24,7 +24,8 @@ from common import (
     train_models,
 )
 
-# name -> recover fields (besides backbone, dataset, ipc, seed). "scdd" is the paper's configuration.
+# name -> recover fields (besides backbone, dataset, ipc, seed). "scdd" is the paper's configuration. A value
+# "@name" is the benchmark's model folder of that name (e.g. the supervised teacher as the selection observer).
 CANDIDATES: dict[str, dict] = {
     "scdd": dict(method="scdd"),
     "random_real": dict(init="real", selection="random", iterations=0),
@@ -32,6 +33,10 @@ CANDIDATES: dict[str, dict] = {
     "strata": dict(init="real", selection="strata", iterations=0),
     "herding": dict(init="real", selection="herding", iterations=0),
     "confident": dict(init="real", selection="confident", iterations=0),
+    "kmeans_teacher": dict(init="real", selection="kmeans", iterations=0, selection_model="@teacher"),
+    "strata_teacher": dict(init="real", selection="strata", iterations=0, selection_model="@teacher"),
+    "kmeans_mosaic2": dict(init="real", selection="kmeans", iterations=0, patches_per_side=2),
+    "random_mosaic2": dict(init="real", selection="random", iterations=0, patches_per_side=2),
     "kmeans_running_200": dict(init="real", selection="kmeans", iterations=200, lr=0.05, r_bn=0.01,
                                bn_targets="running"),
     "kmeans_clean_200": dict(init="real", selection="kmeans", iterations=200, lr=0.05, r_bn=0.01, bn_targets="clean"),
@@ -61,12 +66,17 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def model_paths(fields: dict, models: Path) -> dict:
+    """The candidate's fields with every "@name" value replaced by the model folder ``models/name``."""
+    return {k: models / v[1:] if isinstance(v, str) and v.startswith("@") else v for k, v in fields.items()}
+
+
 def evaluate_candidates(args, setup, models: Path, work: Path, names: list[str], seeds: list[int], tag: str) -> None:
     """Recover every candidate's set, then evaluate them (the first one with the random baseline)."""
     recover = [
         (f"recover_{name}", stage_command("recover", backbone=models / "probe_mocov2", dataset=setup.dataset,
                                           ipc=args.ipc, seed=args.seed, output_dir=work / name / "distilled",
-                                          report_to="none", **CANDIDATES[name]))
+                                          report_to="none", **model_paths(CANDIDATES[name], models)))
         for name in names
     ]
     run_all(recover, work / "logs", workers=args.workers)

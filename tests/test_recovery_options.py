@@ -15,6 +15,7 @@ from hf_scdd.configs import ConfigError, config_from_dict
 from hf_scdd.data.tensors import normalize
 from hf_scdd.losses.bn_matching import BNStatsRecorder, BNTargets, bn_layers, grouped_recovery_loss, measure_bn_targets
 from hf_scdd.stages.recover import RecoverConfig, main
+from hf_scdd.synthesis.inputs import tile_mosaics
 from hf_scdd.synthesis.selection import herding, kmeans_medoids, kmeans_strata, select_real_images
 
 CLASSES = ["zero", "one", "two", "three"]
@@ -218,6 +219,8 @@ def test_method_presets_fill_unset_fields_and_explicit_values_win(assets, tmp_pa
         (dict(init="pixels"), "--init must be"),
         (dict(selection="best"), "--selection must be"),
         (dict(method="magic"), "unknown --method"),
+        (dict(patches_per_side=2, iterations=3), "needs --init real"),
+        (dict(init="real", patches_per_side=0), "--patches_per_side must be"),
     ],
 )
 def test_recovery_option_refusals_write_nothing(assets, tmp_path, values, message):
@@ -225,3 +228,41 @@ def test_recovery_option_refusals_write_nothing(assets, tmp_path, values, messag
     with pytest.raises(ConfigError, match=message):
         run(assets, out, **values)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_mosaics_tile_downscaled_images_in_interleaved_order():
+    # 1 class, 4 chosen images -> 1 mosaic of 2 x 2 (per_side 2, IPC 1); then 8 -> 2 mosaics (IPC 2).
+    images = torch.arange(8, dtype=torch.uint8).mul(30).view(1, 8, 1, 1, 1).expand(1, 8, 1, 6, 6).clone()
+    images[0, 0, 0, :2, :2] = 200  # a 2x2 corner block of image 0 -> area-averaged into one pixel of 3x3
+    mosaics = tile_mosaics(images, 2)
+    assert mosaics.shape == (1, 2, 1, 6, 6) and mosaics.dtype == torch.uint8
+    for j in range(2):  # mosaic j holds images j, j + 2, j + 4, j + 6 (row-major quadrants)
+        for t, (r, q) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            quadrant = mosaics[0, j, 0, 3 * r : 3 * r + 3, 3 * q : 3 * q + 3]
+            expected = F.avg_pool2d(images[0, t * 2 + j].float(), 2).round().to(torch.uint8)[0]
+            assert torch.equal(quadrant, expected)
+    assert int(mosaics[0, 0, 0, 0, 0]) == 200 and int(mosaics[0, 0, 0, 1, 1]) == 0
+
+
+def test_real_patch_starting_images_are_written_as_mosaics_of_their_indices(tmp_path):
+    from hf_scdd.data.loading import load_image_dataset
+    from safetensors.torch import load_file
+
+    root = tmp_path / "assets"
+    bn_backbone(class_names=CLASSES).save_pretrained(root / "backbone")
+    write_random_dataset(root / "data", CLASSES, SIZE, per_split=16)  # 4 training images per class
+    base = dict(backbone=str(root / "backbone"), dataset=str(root / "data"), output_dir=str(tmp_path / "out"),
+                ipc=1, cpu=True, mixed_precision="no", report_to="none", seed=3, init="real",
+                selection="random", iterations=0, patches_per_side=2)
+    out = main(config_from_dict(RecoverConfig, base))
+    pixels, labels = distilled_pixels(out)
+    indices = load_file(str(out / "inputs" / "init_images.safetensors"))["train_indices"]
+    train = load_image_dataset(str(root / "data")).tensors("train")[0]
+    assert indices.shape == (4, 4) and sorted(labels) == [0, 1, 2, 3]
+    half = SIZE // 2
+    for image, label in zip(pixels, labels):
+        assert len(set(indices[label].tolist())) == 4  # four distinct real images of the class
+        for t, index in enumerate(indices[label].tolist()):
+            r, q = divmod(t, 2)
+            expected = F.avg_pool2d(train[index].float(), 2).round().to(torch.uint8)[0].numpy()
+            assert np.array_equal(image[r * half : (r + 1) * half, q * half : (q + 1) * half], expected)

@@ -73,6 +73,11 @@ class RecoverConfig(StageConfig):
         default=None, metadata={"help": "Observer whose features choose the real images (default: --backbone)."}
     )
     selection_pool: int = field(default=0, metadata={"help": "Seeded candidates per class to choose from (0 = all)."})
+    patches_per_side: int = field(
+        default=1,
+        metadata={"help": "Real-patch starting images (RDED-style mosaics): each image tiles N×N downscaled real "
+                  "images of its class, chosen together (IPC·N² per class); 1 = whole images. Needs --init real."},
+    )
     bn_targets: str | None = field(
         default=None,
         metadata={"help": "'running' (SC-DD: the model's running statistics) or 'clean' (measured on clean "
@@ -136,6 +141,7 @@ class RecoverConfig(StageConfig):
              f"--bn_targets must be running or clean, got {self.bn_targets!r}"),
             in_range("class_bn_weight", self.class_bn_weight, 0, 1),
             (self.selection_pool >= 0, f"--selection_pool must be >= 0 (0 = all), got {self.selection_pool}"),
+            (self.patches_per_side >= 1, f"--patches_per_side must be >= 1 (1 = whole images), got {self.patches_per_side}"),
             (self.bn_target_samples >= 1, f"--bn_target_samples must be >= 1, got {self.bn_target_samples}"),
             in_range("lr", self.lr, 0, 10, low_open=True, note="Adam steps on normalised pixels; presets use 0.25"),
             in_range("r_bn", self.r_bn, 0, 1e4, note="presets use 0.01; far larger overflows float32"),

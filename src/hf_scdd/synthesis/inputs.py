@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.loading import ImageData
@@ -61,21 +62,44 @@ def recovery_inputs(
 def real_starting_images(
     observer: nn.Module | None, config: Any, data: ImageData, precision: Precision | None
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """``(uint8 images [K, IPC, C, H, W], their indices [K, IPC], what the indices index)``, read through the
+    """``(uint8 images [K, IPC, C, H, W], their indices [K, IPC·n²], what the indices index)`` (n² real images
+    tiled into each starting image with ``--patches_per_side n``; see :func:`tile_mosaics`), read through the
     training split's data source: by index when it has random access (``train``: training-split rows), else
     from a seeded per-class pool read in one pass of the stream (``pool``: positions in that pool, whose size is
     ``--selection_pool``, or :data:`STREAM_POOL_PER_IPC` × IPC when that is 0 = all)."""
-    source = data.source("train")
+    source, per_class = data.source("train"), config.ipc * config.patches_per_side**2
     if source.random_access:
         images, labels, pool, among = source.indexed_images(), source.labels(), config.selection_pool, "train"
     else:
-        size = max(config.selection_pool or STREAM_POOL_PER_IPC * config.ipc, config.ipc)
+        size = max(config.selection_pool or STREAM_POOL_PER_IPC * per_class, per_class)
         images, labels = source.per_class_subsets(size, [config.seed], data.num_classes)[config.seed]
         pool, among = 0, "pool"
-    indices = select_real_images(observer, images, labels, num_classes=data.num_classes, ipc=config.ipc,
+    indices = select_real_images(observer, images, labels, num_classes=data.num_classes, ipc=per_class,
                                  how=config.selection, seed=config.seed, pool=pool, precision=precision)
     chosen = images[indices.flatten()]
-    return chosen.view(*indices.shape, *chosen.shape[1:]), indices, among
+    chosen = chosen.view(*indices.shape, *chosen.shape[1:])
+    if config.patches_per_side > 1:
+        chosen = tile_mosaics(chosen, config.patches_per_side)
+    return chosen, indices, among
+
+
+def tile_mosaics(images: torch.Tensor, per_side: int) -> torch.Tensor:
+    """RDED-style real-patch images: uint8 ``[K, IPC·n², C, H, W]`` → ``[K, IPC, C, H, W]``, each image an
+    n×n grid of area-downscaled real images of its class (n = ``per_side``). Image ``j`` takes the chosen
+    images ``j, j + IPC, j + 2·IPC, …``: the selections order their picks by cluster size, so every mosaic
+    mixes large and small clusters instead of one mosaic holding the class's most typical modes."""
+    k, m, c, h, w = images.shape
+    tiles, ipc = per_side**2, m // per_side**2
+    rows = [h * i // per_side for i in range(per_side + 1)]
+    cols = [w * i // per_side for i in range(per_side + 1)]
+    out = torch.empty((k, ipc, c, h, w), dtype=torch.uint8)
+    for t in range(tiles):
+        r, q = divmod(t, per_side)
+        size = (rows[r + 1] - rows[r], cols[q + 1] - cols[q])
+        part = images[:, t * ipc : (t + 1) * ipc].reshape(k * ipc, c, h, w).float()
+        small = F.interpolate(part, size=size, mode="area").round().clamp(0, 255).to(torch.uint8)
+        out[:, :, :, rows[r] : rows[r + 1], cols[q] : cols[q + 1]] = small.view(k, ipc, c, *size)
+    return out
 
 
 def clean_bn_targets(

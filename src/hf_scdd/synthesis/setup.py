@@ -37,6 +37,11 @@ def check_resolved(config: Any) -> None:
         raise ConfigError("--iterations 0 keeps the starting images as they are: it needs --init real")
     if config.class_bn_weight and config.bn_targets != "clean":
         raise ConfigError("--class_bn_weight needs class statistics: pass --bn_targets clean")
+    if config.patches_per_side > 1 and config.init != "real":
+        raise ConfigError("--patches_per_side tiles real images: it needs --init real")
+    if config.patches_per_side > config.image_size:
+        raise ConfigError(f"--patches_per_side {config.patches_per_side} exceeds the image side {config.image_size}: "
+                          "use a smaller one")
 
 
 @dataclass

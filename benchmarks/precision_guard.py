@@ -1,0 +1,156 @@
+"""The quality guard of bf16 recovery: one recover config run in fp32 and in bf16, students trained alike.
+
+    python benchmarks/precision_guard.py --dataset fashion_mnist --ipc 10      # both methods, seeds 0 1 2
+
+For each method the set is recovered twice from the SSL recovery model (MoCo v2 + calibrated probe), with
+``--mixed_precision no`` and ``--mixed_precision bf16`` and otherwise the same config (seed, group size):
+
+* ``scdd`` (the paper's configuration): 500 Adam steps from noise, where bf16 rounding in the forward pass
+  and the input gradient accumulates over the whole optimisation;
+* ``hf_scdd`` (the library's default): bf16 reaches only the observer's pooled features that k-means chooses
+  the real images on; when both precisions choose the same images, the sets are identical and so are their
+  students (same seeds), and no students are trained for it.
+
+Both sets of a method train students with the same seeds (paired), hard labels and online KD from the
+supervised teacher, under ``hf-scdd evaluate``'s protocol; the students' own precision is the same for both
+(``--mixed_precision auto``), so only the recovery precision differs. The guard of the precision issue: the
+mean paired difference is at most 1 point of top-1. Models come from the fidelity benchmark's folder
+(trained first if missing); everything is resumable. Writes ``benchmarks/results/precision_guard/<dataset>-ipc<N>.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+from common import DATASETS, HERE, benchmark_setup, evaluate_command, hardware_line, read_results, run_all, \
+    stage_command, train_models
+
+PRECISIONS = ("no", "bf16")
+METHODS = ("scdd", "hf_scdd")
+MODES = ("hard", "online")
+GUARD = 1.0  # points of top-1
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(DATASETS))
+    p.add_argument("--ipc", type=int, default=10)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds (paired)")
+    p.add_argument("--steps", type=int, default=3000, help="student optimiser steps")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--root", default=str(HERE / "results"))
+    return p.parse_args()
+
+
+def set_dir(work: Path, method: str, precision: str) -> Path:
+    return work / f"{method}-{precision}" / "distilled"
+
+
+def recover_all(args, setup, models: Path, work: Path) -> None:
+    commands = [
+        (f"recover_{method}_{precision}", stage_command(
+            "recover", backbone=models / "probe_mocov2", dataset=setup.dataset, ipc=args.ipc, seed=0, method=method,
+            mixed_precision=precision, group_size=1, output_dir=set_dir(work, method, precision), report_to="none"))
+        for method in args.methods for precision in PRECISIONS
+    ]
+    run_all(commands, work / "logs", workers=args.workers)
+
+
+def set_pixels(folder: Path) -> tuple[np.ndarray, list[int]]:
+    import datasets
+
+    ds = datasets.load_dataset(str(folder), split="train")
+    return np.stack([np.asarray(im, dtype=np.int16) for im in ds["image"]]), list(ds["label"])
+
+
+def compare_sets(work: Path, method: str) -> dict:
+    """How far the bf16 set is from the fp32 one: identical or not, mean |pixel difference|, and for real
+    starting images the share of chosen images both precisions chose."""
+    (a, labels_a), (b, labels_b) = (set_pixels(set_dir(work, method, p)) for p in PRECISIONS)
+    out = {"identical": bool(labels_a == labels_b and np.array_equal(a, b)),
+           "mean_abs_pixel_difference": float(np.abs(a - b).mean())}
+    inits = [set_dir(work, method, p) / "inputs" / "init_images.safetensors" for p in PRECISIONS]
+    if all(path.exists() for path in inits):
+        from safetensors.torch import load_file
+
+        first, second = (load_file(str(path))["train_indices"] for path in inits)
+        shared = [len(set(x.tolist()) & set(y.tolist())) for x, y in zip(first, second)]
+        out["shared_selection"] = sum(shared) / first.numel()
+    return out
+
+
+def evaluate_all(args, setup, models: Path, work: Path, methods: list[str]) -> None:
+    commands = [
+        (f"evaluate_{method}_{precision}", evaluate_command(
+            setup, set_dir(work, method, precision), work / f"{method}-{precision}" / "evaluate", models / "teacher",
+            modes=list(MODES), seeds=args.seeds, steps=args.steps, random_baseline=False))
+        for method in methods for precision in PRECISIONS
+    ]
+    run_all(commands, work / "logs", workers=args.workers)
+
+
+def per_seed(work: Path, method: str, precision: str, mode: str) -> dict[int, float]:
+    runs = read_results(work / f"{method}-{precision}" / "evaluate")["runs"][f"distilled/{mode}"]
+    return {int(r["seed"]): 100 * r["final_top1"] for r in runs}
+
+
+def paired_rows(work: Path, method: str) -> list[dict]:
+    rows = []
+    for mode in MODES:
+        fp32, bf16 = (per_seed(work, method, p, mode) for p in PRECISIONS)
+        seeds = sorted(set(fp32) & set(bf16))
+        diffs = [bf16[s] - fp32[s] for s in seeds]
+        mean = statistics.mean(diffs)
+        rows.append(dict(mode=mode, seeds=seeds, fp32=[fp32[s] for s in seeds], bf16=[bf16[s] for s in seeds],
+                         diff_mean=mean, diff_std=statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+                         holds=abs(mean) <= GUARD))
+    return rows
+
+
+def report(args, work: Path, comparisons: dict[str, dict], rows: dict[str, list[dict]]) -> str:
+    lines = [
+        f"# bf16 vs fp32 recovery on {args.dataset}, IPC {args.ipc}", "",
+        f"Machine: {hardware_line()}. Students: {args.steps} steps, seeds {args.seeds} (paired), precision auto. "
+        f"Guard: |mean(bf16 − fp32)| ≤ {GUARD:g} point.", "",
+        "| method | labels | fp32 top-1 (per seed) | bf16 top-1 (per seed) | bf16 − fp32 (mean ± std) | guard |",
+        "|---|---|---|---|---:|---|",
+    ]
+    for method, comparison in comparisons.items():
+        if comparison["identical"]:
+            lines.append(f"| {method} | hard, KD | identical sets: the students are the same | | 0 | holds |")
+        for row in rows.get(method, []):
+            cells = [" / ".join(f"{v:.2f}" for v in row[p]) for p in ("fp32", "bf16")]
+            lines.append(f"| {method} | {'KD' if row['mode'] == 'online' else 'hard'} | {cells[0]} | {cells[1]} | "
+                         f"{row['diff_mean']:+.2f} ± {row['diff_std']:.2f} | {'holds' if row['holds'] else 'FAILS'} |")
+    lines += ["", "Sets: " + "; ".join(
+        f"{m}: " + ("identical" if c["identical"] else f"mean |pixel difference| {c['mean_abs_pixel_difference']:.2f} / 255")
+        + (f", {100 * c['shared_selection']:.0f} % of chosen images shared" if "shared_selection" in c else "")
+        for m, c in comparisons.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    setup, models = benchmark_setup(args.dataset, args.root)
+    work = Path(args.root) / "precision_guard" / f"{args.dataset}-ipc{args.ipc}"
+    print(f"[precision_guard] {hardware_line()}", flush=True)
+    train_models(setup, models, args.workers)
+    recover_all(args, setup, models, work)
+    comparisons = {method: compare_sets(work, method) for method in args.methods}
+    differing = [m for m in args.methods if not comparisons[m]["identical"]]
+    evaluate_all(args, setup, models, work, differing)
+    rows = {method: paired_rows(work, method) for method in differing}
+    text = report(args, work, comparisons, rows)
+    (work.parent / f"{work.name}.md").write_text(text)
+    (work.parent / f"{work.name}.json").write_text(
+        json.dumps({"args": vars(args), "sets": comparisons, "rows": rows, "hardware": hardware_line()}, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
