@@ -36,6 +36,12 @@ from common import (
 )
 
 PARTS = ("models", "sets", "students", "table")
+# Student protocols: evaluate's fields on top of its defaults. "pad" is the default protocol (pad-crop + flip +
+# CutMix); "rrc" swaps the pad-crop for RandomResizedCrop (area 0.25-1, the soft-label protocols' crop of
+# SRe²L / SC-DD / RDED, with a floor that keeps a 28-pixel object recognisable). Each protocol has its own
+# evaluation folders and table.
+PROTOCOLS: dict[str, dict] = {"pad": {}, "rrc": dict(crop="rrc", crop_scale_min=0.25)}
+PROTOCOL_TEXT = {"pad": "pad-crop (4 px)", "rrc": "RandomResizedCrop (area 0.25-1)"}
 ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd")
 MODES = ["hard", "online"]
 
@@ -50,6 +56,8 @@ def parse_args() -> argparse.Namespace:
                    help="distilled-set rows to recover and evaluate (the random and full-data baselines ride with "
                         "hf_scdd); the table shows, per row, the evaluation with the most seeds")
     p.add_argument("--steps", type=int, default=3000, help="student optimiser steps (the protocol's budget)")
+    p.add_argument("--protocol", default="pad", choices=list(PROTOCOLS),
+                   help="student augmentation: pad (evaluate's default) or rrc; each has its own folders and table")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--root", default=str(HERE / "results"))
     return p.parse_args()
@@ -73,17 +81,22 @@ def distilled_dir(work: Path, name: str, ipc: int) -> Path:
     return work / "sets" / f"{name}-ipc{ipc}"
 
 
-def evaluation_dir(work: Path, name: str, ipc: int, seeds: list[int]) -> Path:
+def evaluations(work: Path, protocol: str) -> Path:
+    """The folder of one protocol's evaluations (``evaluate/`` for the default, ``evaluate-<protocol>/``)."""
+    return work / ("evaluate" if protocol == "pad" else f"evaluate-{protocol}")
+
+
+def evaluation_dir(work: Path, name: str, ipc: int, seeds: list[int], protocol: str = "pad") -> Path:
     """One evaluation folder per (row, IPC, seeds): a row evaluated with fewer seeds first keeps its folder."""
-    return work / "evaluate" / f"{name}-ipc{ipc}-seeds{''.join(map(str, seeds))}"
+    return evaluations(work, protocol) / f"{name}-ipc{ipc}-seeds{''.join(map(str, seeds))}"
 
 
-def best_evaluation(work: Path, name: str, ipc: int) -> dict | None:
+def best_evaluation(work: Path, name: str, ipc: int, protocol: str = "pad") -> dict | None:
     """Every finished evaluation of (row, IPC) merged: the runs of distinct seeds from all its folders (a row
     first evaluated with seed 0, then with seeds 1 2, counts as three seeds), aggregated again; None if none."""
     from hf_scdd.training.report import aggregate
 
-    found = [read_results(p) for p in sorted((work / "evaluate").glob(f"{name}-ipc{ipc}-seeds*"))
+    found = [read_results(p) for p in sorted(evaluations(work, protocol).glob(f"{name}-ipc{ipc}-seeds*"))
              if (p / "results.json").exists()]
     if not found:
         return None
@@ -137,9 +150,9 @@ def student_commands(args, setup, models: Path, work: Path) -> list[tuple[str, l
         for ipc in args.ipcs:
             baseline = name == "hf_scdd"
             commands.append((f"evaluate_{name}_ipc{ipc}", evaluate_command(
-                setup, distilled_dir(work, name, ipc), evaluation_dir(work, name, ipc, args.seeds), models / "teacher",
+                setup, distilled_dir(work, name, ipc), evaluation_dir(work, name, ipc, args.seeds, args.protocol), models / "teacher",
                 modes=MODES, seeds=args.seeds, steps=args.steps, random_baseline=baseline,
-                full_data_baseline=str(baseline and ipc == min(args.ipcs)).lower())))
+                full_data_baseline=str(baseline and ipc == min(args.ipcs)).lower(), **PROTOCOLS[args.protocol])))
     return commands
 
 
@@ -168,7 +181,8 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
     lines = [
         f"# Fidelity on {args.dataset}", "",
         f"Machine: {hardware_line()}. Students: {setup.student['arch']} width {setup.student['width']}, "
-        f"{args.steps} optimiser steps, hard labels and online KD (T = 4) from the supervised teacher, final "
+        f"{args.steps} optimiser steps, {PROTOCOL_TEXT[args.protocol]} + flip + CutMix, hard labels and online KD "
+        "(T = 4) from the supervised teacher, final "
         f"top-1 (%) on the full test split, mean ± std over 3 seeds unless a cell says n. "
         f"MoCo v2 probe top-1: {100 * ssl_probe['probe_top1']:.2f} %. `**`: the difference from the random "
         "subset exceeds two seed standard deviations of both cells.", "",
@@ -176,10 +190,10 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
     ]
     data: dict = {"rows": []}
     for ipc in args.ipcs:
-        base = best_evaluation(work, "hf_scdd", ipc) or {"results": {}}
+        base = best_evaluation(work, "hf_scdd", ipc, args.protocol) or {"results": {}}
         random_hard, random_kd = cell(base["results"].get("random/hard")), cell(base["results"].get("random/online"))
         for name, spec in specs.items():
-            results = (best_evaluation(work, name, ipc) or {"results": {}})["results"]
+            results = (best_evaluation(work, name, ipc, args.protocol) or {"results": {}})["results"]
             hard, kd = cell(results.get("distilled/hard")), cell(results.get("distilled/online"))
             lines.append(f"| {ipc} | {spec['title']} | {hard[0]} | {kd[0]} | {gap(hard, random_hard)} | "
                          f"{gap(kd, random_kd)} |")
@@ -217,8 +231,9 @@ def main() -> None:
         else:
             text, data = table(args, setup, models, work)
             out = Path(args.root) / "fidelity"
-            (out / f"{args.dataset}.md").write_text(text)
-            (out / f"{args.dataset}.json").write_text(json.dumps({"args": vars(args), **data}, indent=2))
+            stem = args.dataset if args.protocol == "pad" else f"{args.dataset}-{args.protocol}"
+            (out / f"{stem}.md").write_text(text)
+            (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), **data}, indent=2))
             print(text)
         timings[part] = round(time.time() - start)
         print(f"[fidelity] part {part}: {timings[part]} s", flush=True)

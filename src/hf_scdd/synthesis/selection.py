@@ -17,7 +17,9 @@ class's modes trains better students than one that repeats its most typical imag
 
 Features come from the observer's ``forward_features`` (its pooled penultimate layer) when it has one, else
 from its logits. A self-supervised observer's features group images by appearance rather than by the label
-alone, which is what k-means needs to find the modes (benchmarks/RESULTS.md compares observers). Every draw
+alone, which is what k-means needs to find the modes: on Fashion-MNIST at IPC 10 the SSL recovery model's
+medoids trained students 6.6 points (hard labels) and 0.6 (KD) better than the supervised teacher's
+(benchmarks/RESULTS.md, sweep rows kmeans vs kmeans_teacher). Every draw
 is seeded by ``(seed, class)``, so the selection is the same on any process count and on reruns.
 """
 
