@@ -64,6 +64,7 @@ def recover_all(args, setup, models: Path, work: Path) -> None:
 def set_pixels(folder: Path) -> tuple[np.ndarray, list[int]]:
     import datasets
 
+    datasets.disable_progress_bars()
     ds = datasets.load_dataset(str(folder), split="train")
     return np.stack([np.asarray(im, dtype=np.int16) for im in ds["image"]]), list(ds["label"])
 

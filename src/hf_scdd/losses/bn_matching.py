@@ -72,37 +72,18 @@ def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
 def group_mean_var(x: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group, per-channel mean and biased variance of ``x`` [G*B, C, H, W] over (B, H, W), in float32.
 
-    Returns two ``[G, C]`` tensors.
+    Returns two ``[G, C]`` tensors. Always from a float32 copy of a bf16 input, although that copy and its
+    backward are ~40 % of a bf16 recovery step: summing E[x] and E[(x − m)²] in float32 straight from the bf16
+    input was 2.7× faster, but its SC-DD recoveries trained students 3.9 ± 1.3 points worse with hard labels
+    than fp32 recoveries, where this exact path lost none (benchmarks/RESULTS.md, the precision guard).
     """
     n, c = x.shape[0], x.shape[1]
     if n % groups:
         raise BNStatsError(f"batch of {n} cannot be split into {groups} equal groups")
     with torch.autocast(device_type=x.device.type, enabled=False):
-        if x.dtype in LOW_PRECISION:
-            return _moments_of_low_precision(x.reshape(groups, n // groups, c, -1))
         x32 = x.float().reshape(groups, n // groups, c, -1)
         var, mean = torch.var_mean(x32, dim=(1, 3), correction=0)
     return mean, var
-
-
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-def _moments_of_low_precision(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and biased variance over dims (1, 3) of a bf16/fp16 ``x`` [G, B, C, HW], in float32, summed with
-    float32 accumulators straight from the low-precision input (no float32 copy of it).
-
-    Why: ``var_mean`` of an fp32 copy of every BN input, with its backward, was ~40 % of a bf16 recovery step;
-    this is 2.7× faster for a [100, 64, 32, 32] input (forward + backward, one thread, avx512_bf16 EPYC; see
-    benchmarks/RESULTS.md). The variance is taken around the (detached) mean, E[d²] − E[d]² with d = x − mean,
-    so a channel whose mean dwarfs its spread loses nothing to cancellation; what is left is the rounding of
-    d² to bf16, a relative error of ~2⁻⁹/√N. fp32 inputs keep the exact two-pass ``var_mean``.
-    """
-    count = x.shape[1] * x.shape[3]
-    mean = x.sum(dim=(1, 3), dtype=torch.float32) / count
-    d = x - mean.detach().to(x.dtype)[:, None, :, None]
-    shift = d.sum(dim=(1, 3), dtype=torch.float32) / count
-    return mean, ((d * d).sum(dim=(1, 3), dtype=torch.float32) / count - shift.square()).clamp_min(0)
 
 
 @dataclass
