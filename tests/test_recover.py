@@ -233,4 +233,15 @@ def test_jpeg_format_reproduces_the_reference_encoding(assets, tmp_path, auto_pr
     ds = datasets.load_dataset(str(out), split="train")
     assert ds.num_rows == 4 and ds[0]["image"].format == "JPEG"
     assert "JPEG (quality 75" in (out / "README.md").read_text()
+    # auto optimises images in fp32 on any hardware: bf16 recovery failed the quality guard
+    assert json.loads((out / "config.json").read_text())["runtime"] == {"precision": "no"}
+
+
+@pytest.mark.both_precisions
+def test_auto_keeps_the_hardware_answer_for_selection_only_recoveries(assets, tmp_path, auto_precision):
+    out = tmp_path / "selection"
+    main(recover_config(assets, out, ipc=1, init="real", selection="random", iterations=0, mixed_precision="auto"))
     assert json.loads((out / "config.json").read_text())["runtime"] == {"precision": auto_precision}
+    explicit = tmp_path / "explicit"
+    main(recover_config(assets, explicit, classes_per_batch=2, ipc=1, iterations=2, mixed_precision="bf16"))
+    assert json.loads((explicit / "config.json").read_text())["runtime"] == {"precision": "bf16"}

@@ -32,7 +32,7 @@ from ..synthesis.engine import SynthesisSpec, recover_units
 from ..synthesis.inputs import recovery_inputs
 from ..synthesis.presets import METHODS
 from ..synthesis.selection import SELECTIONS
-from ..synthesis.setup import card_data, prepare
+from ..synthesis.setup import card_data, prepare, recovery_precision
 from ..synthesis.units import make_groups
 from ..training.accelerator import Precision, check_cpu_launch, finish_trackers, make_accelerator, stage_device
 
@@ -163,7 +163,7 @@ def main(config: RecoverConfig) -> Path:
     context = prepare(config)
     config = context.config
     out = Path(config.output_dir)
-    precision = Precision.resolve(config.mixed_precision, stage_device(config.cpu))
+    precision = Precision.resolve(recovery_precision(config), stage_device(config.cpu))
     check_or_write_config(config, out, runtime={"precision": precision.name})
     accelerator = make_accelerator(
         out, cpu=config.cpu, report_to=config.report_to, run_name="recover", config=config.to_dict(),
