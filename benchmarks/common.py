@@ -161,5 +161,22 @@ def train_models(setup: DatasetSetup, models: Path, workers: int = 2) -> None:
     run_all(probe_commands(setup, models), models / "logs", workers=workers)
 
 
+def start_benchmark(tag: str, args: Any) -> tuple[DatasetSetup, Path, Path]:
+    """``(setup, models folder, work folder)`` of a per-IPC benchmark (``<root>/<tag>/<dataset>-ipc<N>``), after
+    printing the hardware line its figures go with and training any missing models."""
+    setup, models = benchmark_setup(args.dataset, args.root)
+    print(f"[{tag}] {hardware_line()}", flush=True)
+    train_models(setup, models, args.workers)
+    return setup, models, Path(args.root) / tag / f"{args.dataset}-ipc{args.ipc}"
+
+
+def write_report(work: Path, text: str, payload: dict[str, Any]) -> None:
+    """The benchmark's Markdown table and JSON beside its work folder (``<work>.md``, ``<work>.json``), the two
+    files that are committed; then the table on stdout."""
+    (work.parent / f"{work.name}.md").write_text(text)
+    (work.parent / f"{work.name}.json").write_text(json.dumps(payload, indent=2))
+    print(text)
+
+
 def read_results(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "results.json").read_text())

@@ -21,13 +21,12 @@ mean paired difference is at most 1 point of top-1. Models come from the fidelit
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import numpy as np
-from common import DATASETS, HERE, benchmark_setup, evaluate_command, hardware_line, read_results, run_all, \
-    stage_command, train_models
+from common import DATASETS, HERE, evaluate_command, hardware_line, read_results, run_all, stage_command, \
+    start_benchmark, write_report
 
 PRECISIONS = ("no", "bf16")
 METHODS = ("scdd", "hf_scdd")
@@ -113,7 +112,7 @@ def paired_rows(work: Path, method: str) -> list[dict]:
     return rows
 
 
-def report(args, work: Path, comparisons: dict[str, dict], rows: dict[str, list[dict]]) -> str:
+def report(args, comparisons: dict[str, dict], rows: dict[str, list[dict]]) -> str:
     lines = [
         f"# bf16 vs fp32 recovery on {args.dataset}, IPC {args.ipc}", "",
         f"Machine: {hardware_line()}. Students: {args.steps} steps, seeds {args.seeds} (paired), precision auto. "
@@ -137,20 +136,14 @@ def report(args, work: Path, comparisons: dict[str, dict], rows: dict[str, list[
 
 def main() -> None:
     args = parse_args()
-    setup, models = benchmark_setup(args.dataset, args.root)
-    work = Path(args.root) / "precision_guard" / f"{args.dataset}-ipc{args.ipc}"
-    print(f"[precision_guard] {hardware_line()}", flush=True)
-    train_models(setup, models, args.workers)
+    setup, models, work = start_benchmark("precision_guard", args)
     recover_all(args, setup, models, work)
     comparisons = {method: compare_sets(work, method) for method in args.methods}
     differing = [m for m in args.methods if not comparisons[m]["identical"]]
     evaluate_all(args, setup, models, work, differing)
     rows = {method: paired_rows(work, method) for method in differing}
-    text = report(args, work, comparisons, rows)
-    (work.parent / f"{work.name}.md").write_text(text)
-    (work.parent / f"{work.name}.json").write_text(
-        json.dumps({"args": vars(args), "sets": comparisons, "rows": rows, "hardware": hardware_line()}, indent=2))
-    print(text)
+    text = report(args, comparisons, rows)
+    write_report(work, text, {"args": vars(args), "sets": comparisons, "rows": rows, "hardware": hardware_line()})
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ everything is resumable. Writes ``benchmarks/results/sweep/<dataset>-ipc<N>.{md,
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from common import (
-    DATASETS, HERE, benchmark_setup, evaluate_command, hardware_line, read_results, run_all, stage_command,
-    train_models,
+    DATASETS, HERE, evaluate_command, hardware_line, read_results, run_all, stage_command, start_benchmark,
+    write_report,
 )
 
 # name -> recover fields (besides backbone, dataset, ipc, seed). "scdd" is the paper's configuration. A value
@@ -116,20 +115,14 @@ def table(args, work: Path, names: list[str], tag: str) -> tuple[str, list[dict]
 
 def main() -> None:
     args = parse_args()
-    setup, models = benchmark_setup(args.dataset, args.root)
-    work = Path(args.root) / "sweep" / f"{args.dataset}-ipc{args.ipc}"
-    print(f"[sweep] {hardware_line()}", flush=True)
-    train_models(setup, models, args.workers)
+    setup, models, work = start_benchmark("sweep", args)
     evaluate_candidates(args, setup, models, work, args.candidates, [args.seed], f"seed{args.seed}")
     text, rows = table(args, work, args.candidates, f"seed{args.seed}")
     if args.confirm:
         best = [r["name"] for r in sorted(rows[1:], key=lambda r: -r["scores"][2])[: args.confirm]]
         evaluate_candidates(args, setup, models, work, best, [0, 1, 2], "seeds012")
         text += "\n" + table(args, work, best, "seeds012")[0]
-    out = Path(args.root) / "sweep" / f"{args.dataset}-ipc{args.ipc}"
-    (out.parent / f"{out.name}.md").write_text(text)
-    (out.parent / f"{out.name}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
-    print(text)
+    write_report(work, text, {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":
