@@ -201,9 +201,9 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
         lines.append(f"| {ipc} | random real subset (a new draw per seed) | {random_hard[0]} | {random_kd[0]} | | |")
         data["rows"].append(dict(ipc=ipc, set="random", hard=random_hard[1:], kd=random_kd[1:]))
         if "full/hard" in base["results"]:
-            full = cell(base["results"]["full/hard"])
-            lines.append(f"| all | full training set | {full[0]} | – | | |")
-            data["full"] = full[1:]
+            full, full_kd = cell(base["results"]["full/hard"]), cell(base["results"].get("full/online"))
+            lines.append(f"| all | full training set | {full[0]} | {full_kd[0]} | | |")
+            data["full"], data["full_kd"] = full[1:], full_kd[1:]
         data.setdefault("teacher_top1", base.get("teacher_top1"))
         for warning in base.get("checks", []):
             lines.append(f"\n**Protocol check failed at IPC {ipc}:** {warning}")

@@ -190,3 +190,22 @@ def test_kill_during_the_random_baseline_then_rerun_keeps_the_student(tmp_path):
     assert resumed["runs"] == whole["runs"] and resumed["results"] == whole["results"]
     assert_same_tensors(out / "student" / "model.safetensors", tmp_path / "whole" / "student" / "model.safetensors")
     assert json.loads((out / "results.json").read_text())["runs"] == whole["runs"]
+
+
+def test_full_data_baseline_runs_kd_beside_hard_labels(tmp_path):
+    """With online KD among the label modes, the full data gets a KD run too: the ceiling every KD cell is
+    read against (no full-data run for stored labels, which belong to one set)."""
+    real = write_image_dataset(tmp_path / "real", n_train_per_class=6, n_test_per_class=4)
+    tiny_teacher(tmp_path / "teacher")
+    report = run_evaluation(EvaluateConfig(
+        output_dir=str(tmp_path / "eval"), distilled=str(write_distilled(tmp_path / "dist", ipc=2)),
+        dataset=str(real), teacher=str(tmp_path / "teacher"), label_modes=["hard", "online"], arch="resnet10",
+        width=4, steps=4, full_data_baseline=True, full_data_steps=5, eval_points=1, batch_size=4, seeds=[0],
+        report_to="none", cpu=True, mixed_precision="no", save_student=False,
+    ))
+    assert set(report["results"]) == {f"{s}/{m}" for s in ("distilled", "random", "full") for m in ("hard", "online")}
+    for mode in ("hard", "online"):
+        run = report["runs"][f"full/{mode}"][0]
+        assert run["num_images"] == 18 and run["mode"] == mode and run["steps"] == 5 and run["test_count"] == 12
+    # the same views and seed, other targets: the KD run's losses are the teacher's, not the labels'
+    assert report["runs"]["full/online"][0]["loss"] != report["runs"]["full/hard"][0]["loss"]

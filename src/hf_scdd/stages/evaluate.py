@@ -3,7 +3,7 @@
 Students are trained with SC-DD's post-training protocol in any of three label modes (``online`` teacher,
 ``stored`` relabel files, ``hard`` labels; :mod:`hf_scdd.training.post_train`), next to the same protocol on a
 random real subset with the same images per class (IOR = distilled − random) and optionally on the full
-training set with hard labels (HLR = full − distilled). The output folder holds ``results.json``,
+training set, with hard labels (HLR = full − distilled) and with online KD (the KD ceiling at this budget). The output folder holds ``results.json``,
 ``results.md``, ``curves.png`` and ``student/`` (the first seed's student, Hub-ready, with model-index
 results on its card); finished runs are reused on rerun, and the student's run keeps its weights before it
 counts as finished, so a resumed evaluation always has it.
@@ -80,7 +80,9 @@ class EvaluateConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
         default=True, metadata={"help": "Same protocol on a random real subset with the same images per class."}
     )
     full_data_baseline: bool = field(
-        default=False, metadata={"help": "Hard-label run on the full real training set (for HLR)."}
+        default=False,
+        metadata={"help": "Runs on the full real training set: hard labels (for HLR), and online KD when "
+                  "--label_modes has it (the KD ceiling at this budget)."},
     )
     full_data_steps: int | None = field(
         default=None, metadata={"help": "Optimiser steps of the full-data run (default: --steps)."}

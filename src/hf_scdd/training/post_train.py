@@ -409,10 +409,20 @@ def run_groups(
         ok, message = full_data_check(config.full_data_baseline, not train.random_access)
         if not ok:
             raise ConfigError(message)
-        groups["full/hard"] = lambda seed: dict(
-            images=train, labels=train.labels(), mode="hard", steps=config.full_data_steps or config.steps
-        )
+        for mode in full_data_modes(modes, teacher):
+            groups[f"full/{mode}"] = lambda seed, m=mode: dict(
+                images=train, labels=train.labels(), mode=m, teacher=teacher,
+                steps=config.full_data_steps or config.steps,
+            )
     return groups
+
+
+def full_data_modes(modes: list[str], teacher: torch.nn.Module | None) -> list[str]:
+    """The label modes the full-data baseline runs: hard labels always (for HLR), and online KD when the
+    evaluation has it. The KD run is the ceiling of every KD cell at this step budget: a small set that trails
+    random by less than the full data leads it has nothing left to gain from a better selection. Stored labels
+    are per-set files, so the full data has none."""
+    return ["hard"] + (["online"] if "online" in modes and teacher is not None else [])
 
 
 def full_data_check(full_data_baseline: bool, streaming: bool) -> tuple[bool, str]:
