@@ -149,7 +149,7 @@ def student_commands(args, setup, models: Path, work: Path) -> list[tuple[str, l
     for name in chosen_specs(args, models, setup):
         for ipc in args.ipcs:
             baseline = name == "hf_scdd"
-            commands.append((f"evaluate_{name}_ipc{ipc}", evaluate_command(
+            commands.append((f"evaluate_{name}_ipc{ipc}_seeds{''.join(map(str, args.seeds))}", evaluate_command(
                 setup, distilled_dir(work, name, ipc), evaluation_dir(work, name, ipc, args.seeds, args.protocol), models / "teacher",
                 modes=MODES, seeds=args.seeds, steps=args.steps, random_baseline=baseline,
                 full_data_baseline=str(baseline and ipc == min(args.ipcs)).lower(), **PROTOCOLS[args.protocol])))
@@ -227,7 +227,8 @@ def main() -> None:
             run_all(recover_commands(args, setup, models, work), work / "logs", workers=args.workers)
             write_prefix_sets(args, setup, models, work)
         elif part == "students":
-            run_all(student_commands(args, setup, models, work), work / "logs", workers=args.workers)
+            logs = work / ("logs" if args.protocol == "pad" else f"logs-{args.protocol}")  # same command names
+            run_all(student_commands(args, setup, models, work), logs, workers=args.workers)
         else:
             text, data = table(args, setup, models, work)
             out = Path(args.root) / "fidelity"
