@@ -11,6 +11,12 @@ For each method the set is recovered twice from the SSL recovery model (MoCo v2 
   the real images on; when both precisions choose the same images, the sets are identical and so are their
   students (same seeds), and no students are trained for it.
 
+SC-DD's optimisation amplifies *any* float-rounding difference over its 500 steps, so one bf16 set against one
+fp32 set mixes the precision's effect with the spread between sets that differ only in rounding. The rounding
+floor measures that spread: a third SC-DD set in fp32 with ``--group_size 2`` (two units share each forward
+pass: the same objective, mathematically the same gradients, other rounding), paired with the fp32 set alike.
+A bf16 difference within the floor is not a precision effect.
+
 Both sets of a method train students with the same seeds (paired), hard labels and online KD from the
 supervised teacher, under ``hf-scdd evaluate``'s protocol; the students' own precision is the same for both
 (``--mixed_precision auto``), so only the recovery precision differs. The guard of the precision issue: the
@@ -29,6 +35,10 @@ from common import DATASETS, HERE, evaluate_command, hardware_line, read_results
     start_benchmark, write_report
 
 PRECISIONS = ("no", "bf16")
+FLOOR = "no-g2"
+"""The rounding floor's variant: fp32, two units per forward pass (SC-DD only; selection has no steps)."""
+VARIANTS = {"no": dict(mixed_precision="no", group_size=1), "bf16": dict(mixed_precision="bf16", group_size=1),
+            FLOOR: dict(mixed_precision="no", group_size=2)}
 METHODS = ("scdd", "hf_scdd")
 MODES = ("hard", "online")
 GUARD = 1.0  # points of top-1
@@ -46,16 +56,21 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def set_dir(work: Path, method: str, precision: str) -> Path:
-    return work / f"{method}-{precision}" / "distilled"
+def set_dir(work: Path, method: str, variant: str) -> Path:
+    return work / f"{method}-{variant}" / "distilled"
+
+
+def variants(method: str) -> tuple[str, ...]:
+    """fp32 and bf16 for every method, and the rounding floor for the method that optimises images."""
+    return PRECISIONS + ((FLOOR,) if method == "scdd" else ())
 
 
 def recover_all(args, setup, models: Path, work: Path) -> None:
     commands = [
-        (f"recover_{method}_{precision}", stage_command(
+        (f"recover_{method}_{variant}", stage_command(
             "recover", backbone=models / "probe_mocov2", dataset=setup.dataset, ipc=args.ipc, seed=0, method=method,
-            mixed_precision=precision, group_size=1, output_dir=set_dir(work, method, precision), report_to="none"))
-        for method in args.methods for precision in PRECISIONS
+            output_dir=set_dir(work, method, variant), report_to="none", **VARIANTS[variant]))
+        for method in args.methods for variant in variants(method)
     ]
     run_all(commands, work / "logs", workers=args.workers)
 
@@ -68,13 +83,13 @@ def set_pixels(folder: Path) -> tuple[np.ndarray, list[int]]:
     return np.stack([np.asarray(im, dtype=np.int16) for im in ds["image"]]), list(ds["label"])
 
 
-def compare_sets(work: Path, method: str) -> dict:
-    """How far the bf16 set is from the fp32 one: identical or not, mean |pixel difference|, and for real
-    starting images the share of chosen images both precisions chose."""
-    (a, labels_a), (b, labels_b) = (set_pixels(set_dir(work, method, p)) for p in PRECISIONS)
+def compare_sets(work: Path, method: str, pair: tuple[str, str] = PRECISIONS) -> dict:
+    """How far the second set of ``pair`` is from the first (fp32): identical or not, mean |pixel
+    difference|, and for real starting images the share of chosen images both chose."""
+    (a, labels_a), (b, labels_b) = (set_pixels(set_dir(work, method, p)) for p in pair)
     out = {"identical": bool(labels_a == labels_b and np.array_equal(a, b)),
            "mean_abs_pixel_difference": float(np.abs(a - b).mean())}
-    inits = [set_dir(work, method, p) / "inputs" / "init_images.safetensors" for p in PRECISIONS]
+    inits = [set_dir(work, method, p) / "inputs" / "init_images.safetensors" for p in pair]
     if all(path.exists() for path in inits):
         from safetensors.torch import load_file
 
@@ -86,33 +101,50 @@ def compare_sets(work: Path, method: str) -> dict:
 
 def evaluate_all(args, setup, models: Path, work: Path, methods: list[str]) -> None:
     commands = [
-        (f"evaluate_{method}_{precision}", evaluate_command(
-            setup, set_dir(work, method, precision), work / f"{method}-{precision}" / "evaluate", models / "teacher",
+        (f"evaluate_{method}_{variant}", evaluate_command(
+            setup, set_dir(work, method, variant), work / f"{method}-{variant}" / "evaluate", models / "teacher",
             modes=list(MODES), seeds=args.seeds, steps=args.steps, random_baseline=False))
-        for method in methods for precision in PRECISIONS
+        for method in methods for variant in variants(method)
     ]
     run_all(commands, work / "logs", workers=args.workers)
 
 
-def per_seed(work: Path, method: str, precision: str, mode: str) -> dict[int, float]:
-    runs = read_results(work / f"{method}-{precision}" / "evaluate")["runs"][f"distilled/{mode}"]
+def per_seed(work: Path, method: str, variant: str, mode: str) -> dict[int, float]:
+    runs = read_results(work / f"{method}-{variant}" / "evaluate")["runs"][f"distilled/{mode}"]
     return {int(r["seed"]): 100 * r["final_top1"] for r in runs}
 
 
-def paired_rows(work: Path, method: str) -> list[dict]:
+def paired_rows(work: Path, method: str, pair: tuple[str, str] = PRECISIONS) -> list[dict]:
+    """Per label mode: the second variant of ``pair`` minus the first, paired by student seed."""
     rows = []
     for mode in MODES:
-        fp32, bf16 = (per_seed(work, method, p, mode) for p in PRECISIONS)
+        fp32, bf16 = (per_seed(work, method, p, mode) for p in pair)
         seeds = sorted(set(fp32) & set(bf16))
         diffs = [bf16[s] - fp32[s] for s in seeds]
         mean = statistics.mean(diffs)
-        rows.append(dict(mode=mode, seeds=seeds, fp32=[fp32[s] for s in seeds], bf16=[bf16[s] for s in seeds],
+        rows.append(dict(mode=mode, pair=list(pair), seeds=seeds, first=[fp32[s] for s in seeds],
+                         second=[bf16[s] for s in seeds],
                          diff_mean=mean, diff_std=statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
                          holds=abs(mean) <= GUARD))
     return rows
 
 
-def report(args, comparisons: dict[str, dict], rows: dict[str, list[dict]]) -> str:
+def row_line(method: str, row: dict, verdict: str) -> str:
+    cells = [" / ".join(f"{v:.2f}" for v in row[p]) for p in ("first", "second")]
+    return (f"| {method} | {'KD' if row['mode'] == 'online' else 'hard'} | {cells[0]} | {cells[1]} | "
+            f"{row['diff_mean']:+.2f} ± {row['diff_std']:.2f} | {verdict} |")
+
+
+def set_note(comparison: dict) -> str:
+    if comparison["identical"]:
+        return "identical"
+    note = f"mean |pixel difference| {comparison['mean_abs_pixel_difference']:.2f} / 255"
+    if "shared_selection" in comparison:
+        note += f", {100 * comparison['shared_selection']:.0f} % of chosen images shared"
+    return note
+
+
+def report(args, comparisons: dict[str, dict], rows: dict[str, list[dict]], floor: dict | None = None) -> str:
     lines = [
         f"# bf16 vs fp32 recovery on {args.dataset}, IPC {args.ipc}", "",
         f"Machine: {hardware_line()}. Students: {args.steps} steps, seeds {args.seeds} (paired), precision auto. "
@@ -124,13 +156,17 @@ def report(args, comparisons: dict[str, dict], rows: dict[str, list[dict]]) -> s
         if comparison["identical"]:
             lines.append(f"| {method} | hard, KD | identical sets: the students are the same | | 0 | holds |")
         for row in rows.get(method, []):
-            cells = [" / ".join(f"{v:.2f}" for v in row[p]) for p in ("fp32", "bf16")]
-            lines.append(f"| {method} | {'KD' if row['mode'] == 'online' else 'hard'} | {cells[0]} | {cells[1]} | "
-                         f"{row['diff_mean']:+.2f} ± {row['diff_std']:.2f} | {'holds' if row['holds'] else 'FAILS'} |")
-    lines += ["", "Sets: " + "; ".join(
-        f"{m}: " + ("identical" if c["identical"] else f"mean |pixel difference| {c['mean_abs_pixel_difference']:.2f} / 255")
-        + (f", {100 * c['shared_selection']:.0f} % of chosen images shared" if "shared_selection" in c else "")
-        for m, c in comparisons.items()) + "."]
+            lines.append(row_line(method, row, "holds" if row["holds"] else "FAILS"))
+    lines += ["", "Sets (bf16 vs fp32): " + "; ".join(f"{m}: {set_note(c)}" for m, c in comparisons.items()) + "."]
+    if floor:
+        lines += [
+            "", "Rounding floor: the same SC-DD config in fp32 with two units per forward pass (`--group_size 2`), "
+            "paired with the fp32 set (G = 1) by student seed.", "",
+            "| method | labels | fp32, G = 1 (per seed) | fp32, G = 2 (per seed) | G=2 − G=1 (mean ± std) | |",
+            "|---|---|---|---|---:|---|",
+            *(row_line("scdd", row, "") for row in floor["rows"]),
+            "", f"Sets (G = 2 vs G = 1): scdd: {set_note(floor['sets'])}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -142,8 +178,12 @@ def main() -> None:
     differing = [m for m in args.methods if not comparisons[m]["identical"]]
     evaluate_all(args, setup, models, work, differing)
     rows = {method: paired_rows(work, method) for method in differing}
-    text = report(args, comparisons, rows)
-    write_report(work, text, {"args": vars(args), "sets": comparisons, "rows": rows, "hardware": hardware_line()})
+    floor = None
+    if "scdd" in args.methods:
+        floor = {"sets": compare_sets(work, "scdd", ("no", FLOOR)), "rows": paired_rows(work, "scdd", ("no", FLOOR))}
+    text = report(args, comparisons, rows, floor)
+    write_report(work, text, {"args": vars(args), "sets": comparisons, "rows": rows, "floor": floor,
+                              "hardware": hardware_line()})
 
 
 if __name__ == "__main__":
