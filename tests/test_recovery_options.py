@@ -16,7 +16,9 @@ from hf_scdd.data.tensors import normalize
 from hf_scdd.losses.bn_matching import BNStatsRecorder, BNTargets, bn_layers, grouped_recovery_loss, measure_bn_targets
 from hf_scdd.stages.recover import RecoverConfig, main
 from hf_scdd.synthesis.inputs import tile_mosaics
-from hf_scdd.synthesis.selection import herding, kmeans_medoids, kmeans_strata, select_real_images
+from hf_scdd.synthesis.selection import (
+    class_margins, herding, kmeans_margin, kmeans_medoids, kmeans_strata, select_real_images,
+)
 
 CLASSES = ["zero", "one", "two", "three"]
 SIZE = 16
@@ -114,11 +116,31 @@ def test_kmeans_medoids_cover_the_modes_and_herding_tracks_the_mean():
     assert (chosen_mean - F.normalize(points, dim=1).mean(0)).norm() < 0.2
 
 
+def test_kmeans_margin_takes_each_modes_most_ambiguous_inner_member():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    points = torch.cat([c + 0.05 * torch.randn(30, 3, generator=generator) for c in centres])
+    x = F.normalize(points, dim=1)
+    margins = torch.rand(90, generator=generator) + 0.5
+    central, farthest = [], []
+    for start in (0, 30, 60):
+        closeness = x[start : start + 30] @ F.normalize(x[start : start + 30].mean(0), dim=0)
+        central.append(start + int(closeness.argmax()))
+        farthest.append(start + int(closeness.argmin()))
+    margins[central] = 0.0  # each mode's most central point is ambiguous...
+    margins[farthest] = -1.0  # ...its farthest one more so (label noise at the edge): that one is not taken
+    picks = kmeans_margin(points, margins, 3, torch.Generator().manual_seed(1))
+    assert sorted(picks.tolist()) == central
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 0.0]])
+    p = logits.softmax(1)
+    assert torch.allclose(class_margins(logits, 0), torch.stack([p[0, 0] - p[0, 1], p[1, 0] - p[1, 1]]))
+
+
 def test_selection_picks_distinct_images_of_each_class_reproducibly():
     images = torch.randint(0, 255, (40, 1, 16, 16), dtype=torch.uint8)
     labels = torch.arange(40) % 4
     observer = bn_backbone(class_names=CLASSES).eval()
-    for how in ("random", "kmeans", "strata", "herding", "confident"):
+    for how in ("random", "kmeans", "strata", "herding", "confident", "kmeans_margin"):
         chosen = select_real_images(observer, images, labels, num_classes=4, ipc=3, how=how, seed=5)
         assert chosen.shape == (4, 3)
         for c in range(4):

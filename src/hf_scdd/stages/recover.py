@@ -67,7 +67,9 @@ class RecoverConfig(StageConfig):
     )
     init: str | None = field(default=None, metadata={"help": "Starting images: 'noise' (SC-DD) or 'real'."})
     selection: str | None = field(
-        default=None, metadata={"help": "Real starting images: random, kmeans, herding or confident (per class)."}
+        default=None,
+        metadata={"help": "Real starting images per class: random, kmeans, strata, herding, confident or kmeans_margin "
+                  "(see hf_scdd.synthesis.selection)."},
     )
     selection_model: str | None = field(
         default=None, metadata={"help": "Observer whose features choose the real images (default: --backbone)."}

@@ -13,7 +13,11 @@ class's modes trains better students than one that repeats its most typical imag
 * ``herding``: greedy herding of the class mean in feature space (each pick brings the running mean closest
   to the class mean);
 * ``confident``: the images the observer classifies most confidently (lowest cross-entropy): RDED's
-  "most realistic" criterion, kept for comparison.
+  "most realistic" criterion, kept for comparison;
+* ``kmeans_margin``: the same clusters, and in each the member nearest the class boundary (smallest margin
+  between the observer's probability of the class and of its strongest rival) among the half of the cluster
+  nearest its centre: coverage of the modes, and within each mode the image whose soft label says the most
+  (Cluster-Margin-style active learning), without the outliers and label noise at a cluster's edge.
 
 Features come from the observer's ``forward_features`` (its pooled penultimate layer) when it has one, else
 from its logits. A self-supervised observer's features group images by appearance rather than by the label
@@ -34,7 +38,7 @@ from ..data.tensors import normalize
 from ..errors import ConfigError
 from ..training.accelerator import Precision, autocast_of
 
-SELECTIONS = ("random", "kmeans", "strata", "herding", "confident")
+SELECTIONS = ("random", "kmeans", "strata", "herding", "confident", "kmeans_margin")
 
 
 def class_seed(seed: int, label: int) -> int:
@@ -115,6 +119,31 @@ def kmeans_strata(features: torch.Tensor, k: int, generator: torch.Generator) ->
     return torch.tensor(chosen, dtype=torch.long)
 
 
+def kmeans_margin(features: torch.Tensor, margins: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """In each of the ``k`` clusters, the member with the smallest ``margins`` among the half of the cluster
+    nearest its centre (at least one member; an empty cluster gives the unchosen point nearest its centre)."""
+    x, centres, assign = cosine_kmeans(features, k, generator)
+    chosen: list[int] = []
+    for j in _largest_first(assign, k):
+        members = [i for i in torch.nonzero(assign == j).flatten().tolist() if i not in chosen]
+        if not members:
+            nearest = (x @ centres[j]).argsort(descending=True).tolist()
+            chosen.append(next(i for i in nearest if i not in chosen))
+            continue
+        by_distance = sorted(members, key=lambda i: -float(x[i] @ centres[j]))
+        inner = by_distance[: max(1, (len(by_distance) + 1) // 2)]
+        chosen.append(min(inner, key=lambda i: (float(margins[i]), i)))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def class_margins(logits: torch.Tensor, label: int) -> torch.Tensor:
+    """``p(label) − max_{c≠label} p(c)`` per row of ``logits``: negative where the observer prefers a rival."""
+    probs = logits.float().softmax(dim=1)
+    rivals = probs.clone()
+    rivals[:, label] = -1.0
+    return probs[:, label] - rivals.max(dim=1).values
+
+
 def _largest_first(assign: torch.Tensor, k: int) -> list[int]:
     sizes = torch.bincount(assign, minlength=k)
     return sorted(range(k), key=lambda j: (-int(sizes[j]), j))
@@ -185,6 +214,9 @@ def _pick(
         loss = F.cross_entropy(logits, torch.full((len(logits),), label), reduction="none")
         return loss.argsort(stable=True)[:ipc]
     features = observer_outputs(observer, candidates, features=True, precision=precision)
+    if how == "kmeans_margin":
+        logits = observer_outputs(observer, candidates, features=False, precision=precision)
+        return kmeans_margin(features, class_margins(logits, label), ipc, generator)
     if how == "herding":
         return herding(features, ipc)
     return (kmeans_medoids if how == "kmeans" else kmeans_strata)(features, ipc, generator)
