@@ -17,7 +17,9 @@ class's modes trains better students than one that repeats its most typical imag
 * ``kmeans_margin``: the same clusters, and in each the member nearest the class boundary (smallest margin
   between the observer's probability of the class and of its strongest rival) among the half of the cluster
   nearest its centre: coverage of the modes, and within each mode the image whose soft label says the most
-  (Cluster-Margin-style active learning), without the outliers and label noise at a cluster's edge.
+  (Cluster-Margin-style active learning), without the outliers and label noise at a cluster's edge. Measured
+  worse than the medoids on Fashion-MNIST at IPC 10 (61.02 hard / 86.89 KD vs 75.85 / 87.28, one seed): at
+  10 images per class typical images teach more than ambiguous ones, even through a teacher's soft labels.
 
 Features come from the observer's ``forward_features`` (its pooled penultimate layer) when it has one, else
 from its logits. A self-supervised observer's features group images by appearance rather than by the label
