@@ -58,6 +58,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3000, help="student optimiser steps (the protocol's budget)")
     p.add_argument("--protocol", default="pad", choices=list(PROTOCOLS),
                    help="student augmentation: pad (evaluate's default) or rrc; each has its own folders and table")
+    p.add_argument("--full_data", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the full-data baseline with the smallest IPC's hf_scdd evaluation (--no-full_data: "
+                        "skip it, e.g. for extra seeds when one full-data seed is all the budget allows)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--root", default=str(HERE / "results"))
     return p.parse_args()
@@ -152,7 +155,7 @@ def student_commands(args, setup, models: Path, work: Path) -> list[tuple[str, l
             commands.append((f"evaluate_{name}_ipc{ipc}_seeds{''.join(map(str, args.seeds))}", evaluate_command(
                 setup, distilled_dir(work, name, ipc), evaluation_dir(work, name, ipc, args.seeds, args.protocol), models / "teacher",
                 modes=MODES, seeds=args.seeds, steps=args.steps, random_baseline=baseline,
-                full_data_baseline=str(baseline and ipc == min(args.ipcs)).lower(), **PROTOCOLS[args.protocol])))
+                full_data_baseline=str(baseline and args.full_data and ipc == min(args.ipcs)).lower(), **PROTOCOLS[args.protocol])))
     return commands
 
 
