@@ -419,9 +419,9 @@ def run_groups(
 
 def full_data_modes(modes: list[str], teacher: torch.nn.Module | None) -> list[str]:
     """The label modes the full-data baseline runs: hard labels always (for HLR), and online KD when the
-    evaluation has it. The KD run is the ceiling of every KD cell at this step budget: a small set that trails
-    random by less than the full data leads it has nothing left to gain from a better selection. Stored labels
-    are per-set files, so the full data has none."""
+    evaluation has it. The KD run is the ceiling of every KD cell at this step budget: where the full data
+    beats the random subset by little, no choice of as many images as the subset can beat it by much more.
+    Stored labels are per-set files, so the full data has none."""
     return ["hard"] + (["online"] if "online" in modes and teacher is not None else [])
 
 
