@@ -80,9 +80,7 @@ class EvaluateConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
         default=True, metadata={"help": "Same protocol on a random real subset with the same images per class."}
     )
     full_data_baseline: bool = field(
-        default=False,
-        metadata={"help": "Runs on the full real training set: hard labels (for HLR), and online KD when "
-                  "--label_modes has it (the KD ceiling at this budget)."},
+        default=False, metadata={"help": "Full-training-set runs: hard labels (HLR) and online KD if asked (its ceiling)."}
     )
     full_data_steps: int | None = field(
         default=None, metadata={"help": "Optimiser steps of the full-data run (default: --steps)."}
