@@ -38,8 +38,11 @@ from common import DATASETS, HERE, evaluate_command, hardware_line, read_results
 PRECISIONS = ("no", "bf16")
 FLOOR = "no-seed1"
 """The floor's variant: fp32 from recovery seed 1 (SC-DD only: a selection has no steps to amplify rounding)."""
-VARIANTS = {"no": dict(mixed_precision="no", group_size=1, seed=0), "bf16": dict(mixed_precision="bf16", group_size=1,
-            seed=0), FLOOR: dict(mixed_precision="no", group_size=1, seed=1)}
+VARIANTS = {
+    "no": dict(mixed_precision="no", group_size=1, seed=0),
+    "bf16": dict(mixed_precision="bf16", group_size=1, seed=0),
+    FLOOR: dict(mixed_precision="no", group_size=1, seed=1),
+}
 METHODS = ("scdd", "hf_scdd")
 MODES = ("hard", "online")
 GUARD = 1.0  # points of top-1
@@ -119,12 +122,12 @@ def paired_rows(work: Path, method: str, pair: tuple[str, str] = PRECISIONS) -> 
     """Per label mode: the second variant of ``pair`` minus the first, paired by student seed."""
     rows = []
     for mode in MODES:
-        fp32, bf16 = (per_seed(work, method, p, mode) for p in pair)
-        seeds = sorted(set(fp32) & set(bf16))
-        diffs = [bf16[s] - fp32[s] for s in seeds]
+        first, second = (per_seed(work, method, p, mode) for p in pair)
+        seeds = sorted(set(first) & set(second))
+        diffs = [second[s] - first[s] for s in seeds]
         mean = statistics.mean(diffs)
-        rows.append(dict(mode=mode, pair=list(pair), seeds=seeds, first=[fp32[s] for s in seeds],
-                         second=[bf16[s] for s in seeds],
+        rows.append(dict(mode=mode, pair=list(pair), seeds=seeds, first=[first[s] for s in seeds],
+                         second=[second[s] for s in seeds],
                          diff_mean=mean, diff_std=statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
                          holds=abs(mean) <= GUARD))
     return rows
@@ -182,7 +185,8 @@ def main() -> None:
     rows = {method: paired_rows(work, method) for method in differing}
     floor = None
     if "scdd" in args.methods:
-        floor = {"sets": compare_sets(work, "scdd", ("no", FLOOR)), "rows": paired_rows(work, "scdd", ("no", FLOOR))}
+        pair = ("no", FLOOR)
+        floor = {"sets": compare_sets(work, "scdd", pair), "rows": paired_rows(work, "scdd", pair)}
     text = report(args, comparisons, rows, floor)
     write_report(work, text, {"args": vars(args), "sets": comparisons, "rows": rows, "floor": floor,
                               "hardware": hardware_line()})

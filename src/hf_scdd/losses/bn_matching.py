@@ -75,7 +75,9 @@ def group_mean_var(x: torch.Tensor, groups: int = 1) -> tuple[torch.Tensor, torc
     Returns two ``[G, C]`` tensors. Always from a float32 copy of a bf16 input, although that copy and its
     backward are ~40 % of a bf16 recovery step: summing E[x] and E[(x − m)²] in float32 straight from the bf16
     input was 2.7× faster, but its SC-DD recoveries trained students 3.9 ± 1.3 points worse with hard labels
-    than fp32 recoveries, where this exact path lost 0.5 (benchmarks/RESULTS.md, the precision guard).
+    than fp32 recoveries, where this exact path lost 0.5 (benchmarks/RESULTS.md, the precision guard). That
+    gap is within the 3.7 points two fp32 sets from different noise draws differ by (the guard's floor), so
+    the guard cannot tell it from chance; the exact path stays until several recovery seeds say otherwise.
     """
     n, c = x.shape[0], x.shape[1]
     if n % groups:

@@ -3,10 +3,10 @@
 Students are trained with SC-DD's post-training protocol in any of three label modes (``online`` teacher,
 ``stored`` relabel files, ``hard`` labels; :mod:`hf_scdd.training.post_train`), next to the same protocol on a
 random real subset with the same images per class (IOR = distilled − random) and optionally on the full
-training set, with hard labels (HLR = full − distilled) and with online KD (the KD ceiling at this budget). The output folder holds ``results.json``,
-``results.md``, ``curves.png`` and ``student/`` (the first seed's student, Hub-ready, with model-index
-results on its card); finished runs are reused on rerun, and the student's run keeps its weights before it
-counts as finished, so a resumed evaluation always has it.
+training set, with hard labels (HLR = full − distilled) and online KD (the KD ceiling at this budget). The
+output folder holds ``results.json``, ``results.md``, ``curves.png`` and ``student/`` (the first seed's
+student, Hub-ready, with model-index results on its card); finished runs are reused on rerun, and the
+student's run keeps its weights before it counts as finished, so a resumed evaluation always has it.
 """
 
 from __future__ import annotations

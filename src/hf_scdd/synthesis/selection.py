@@ -31,6 +31,8 @@ is seeded by ``(seed, class)``, so the selection is the same on any process coun
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -109,32 +111,42 @@ def kmeans_strata(features: torch.Tensor, k: int, generator: torch.Generator) ->
     """One seeded random member of each of the ``k`` clusters (stratified sampling): the clusters' coverage
     of the class's modes without the medoids' preference for the most typical image (an empty cluster gives
     the unchosen point nearest its centre)."""
-    x, centres, assign = cosine_kmeans(features, k, generator)
-    chosen: list[int] = []
-    for j in _largest_first(assign, k):
-        members = [i for i in torch.nonzero(assign == j).flatten().tolist() if i not in chosen]
-        if members:
-            chosen.append(members[int(torch.randint(len(members), (1,), generator=generator))])
-        else:
-            nearest = (x @ centres[j]).argsort(descending=True).tolist()
-            chosen.append(next(i for i in nearest if i not in chosen))
-    return torch.tensor(chosen, dtype=torch.long)
+
+    def random_member(members: list[int], x: torch.Tensor, centre: torch.Tensor) -> int:
+        return members[int(torch.randint(len(members), (1,), generator=generator))]
+
+    return _member_per_cluster(features, k, generator, random_member)
 
 
 def kmeans_margin(features: torch.Tensor, margins: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """In each of the ``k`` clusters, the member with the smallest ``margins`` among the half of the cluster
     nearest its centre (at least one member; an empty cluster gives the unchosen point nearest its centre)."""
+
+    def most_ambiguous_inner(members: list[int], x: torch.Tensor, centre: torch.Tensor) -> int:
+        by_distance = sorted(members, key=lambda i: -float(x[i] @ centre))
+        inner = by_distance[: max(1, (len(by_distance) + 1) // 2)]
+        return min(inner, key=lambda i: (float(margins[i]), i))
+
+    return _member_per_cluster(features, k, generator, most_ambiguous_inner)
+
+
+def _member_per_cluster(
+    features: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+    choose: Callable[[list[int], torch.Tensor, torch.Tensor], int],
+) -> torch.Tensor:
+    """One point per cluster of a cosine k-means, largest cluster first: ``choose(unchosen members, unit-norm
+    points, centre)``, or the unchosen point nearest the centre for a cluster with no unchosen member."""
     x, centres, assign = cosine_kmeans(features, k, generator)
     chosen: list[int] = []
     for j in _largest_first(assign, k):
         members = [i for i in torch.nonzero(assign == j).flatten().tolist() if i not in chosen]
-        if not members:
+        if members:
+            chosen.append(choose(members, x, centres[j]))
+        else:
             nearest = (x @ centres[j]).argsort(descending=True).tolist()
             chosen.append(next(i for i in nearest if i not in chosen))
-            continue
-        by_distance = sorted(members, key=lambda i: -float(x[i] @ centres[j]))
-        inner = by_distance[: max(1, (len(by_distance) + 1) // 2)]
-        chosen.append(min(inner, key=lambda i: (float(margins[i]), i)))
     return torch.tensor(chosen, dtype=torch.long)
 
 
