@@ -56,6 +56,32 @@ def test_group_statistics_equal_per_slice_statistics():
         group_mean_var(torch.randn(5, 2, 3, 3), groups=2)
 
 
+def test_group_statistics_gradient_is_the_exact_one():
+    """The closed-form backward of the fused statistics against finite differences (float64) and against
+    autograd through torch.var_mean, for float32 and bf16 inputs (the bf16 gradient comes back in bf16)."""
+    x64 = torch.randn(6, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: group_mean_var(t, groups=2), (x64,))
+    weights = torch.randn(2, 3), torch.randn(2, 3)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = (torch.randn(8, 3, 5, 5) * 2 + 1).to(dtype).requires_grad_()
+        reference = x.detach().float().requires_grad_()
+        mean, var = group_mean_var(x, groups=2)
+        ref_var, ref_mean = torch.var_mean(reference.reshape(2, 4, 3, -1), dim=(1, 3), correction=0)
+        torch.testing.assert_close((mean, var), (ref_mean, ref_var))
+        ((mean * weights[0]).sum() + (var.sqrt() * weights[1]).sum()).backward()
+        ((ref_mean * weights[0]).sum() + (ref_var.sqrt() * weights[1]).sum()).backward()
+        assert x.grad.dtype == dtype
+        torch.testing.assert_close(x.grad.float(), reference.grad.to(dtype).float())
+
+
+def test_group_variance_is_stable_for_a_large_mean():
+    """Two passes keep a small variance under a large mean, where E[x²] − E[x]² in float32 would cancel."""
+    x = 1000.0 + 0.01 * torch.randn(4, 2, 8, 8, dtype=torch.float64)
+    _, var = group_mean_var(x.float())
+    expected = x.transpose(0, 1).reshape(2, -1).var(dim=1, unbiased=False)
+    torch.testing.assert_close(var[0].double(), expected, rtol=1e-3, atol=0)
+
+
 def test_per_layer_terms_are_unsquared_norms():
     model = small_bn_model()
     x = torch.randn(4, 3, 8, 8)
