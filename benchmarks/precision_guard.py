@@ -18,11 +18,18 @@ SC-DD set in fp32 from recovery seed 1 (another noise draw), paired with the fp3
 A bf16 difference within the floor is not a precision effect. (Two units per forward pass, ``--group_size 2``,
 was tried as a pure-rounding floor first: on this CPU its set is bit-identical to one-by-one recovery.)
 
+With ``--recovery_seeds 0 1 2`` each precision recovers one SC-DD set per seed, and the guard compares the
+precisions over those sets: for each recovery seed, bf16 minus fp32 on the same student seeds, then the mean
+over sets, with the spread between the fp32 sets beside it. That averages the precision's effect over noise
+draws instead of reading it off one pair of sets (the floor then needs no extra set):
+
+    python benchmarks/precision_guard.py --dataset fashion_mnist --ipc 10 --methods scdd --recovery_seeds 0 1 2 --seeds 0
+
 Both sets of a method train students with the same seeds (paired), hard labels and online KD from the
 supervised teacher, under ``hf-scdd evaluate``'s protocol; the students' own precision is the same for both
 (``--mixed_precision auto``), so only the recovery precision differs. The guard of the precision issue: the
 mean paired difference is at most 1 point of top-1. Models come from the fidelity benchmark's folder
-(trained first if missing); everything is resumable. Writes ``benchmarks/results/precision_guard/<dataset>-ipc<N>.{md,json}``.
+(trained first if missing); everything is resumable. Writes ``benchmarks/results/precision_guard/<dataset>-ipc<N>.{md,json}`` (``...-recovery_seeds012.{md,json}`` for several recovery seeds).
 """
 
 from __future__ import annotations
@@ -38,11 +45,19 @@ from common import DATASETS, HERE, evaluate_command, hardware_line, read_results
 PRECISIONS = ("no", "bf16")
 FLOOR = "no-seed1"
 """The floor's variant: fp32 from recovery seed 1 (SC-DD only: a selection has no steps to amplify rounding)."""
-VARIANTS = {
-    "no": dict(mixed_precision="no", group_size=1, seed=0),
-    "bf16": dict(mixed_precision="bf16", group_size=1, seed=0),
-    FLOOR: dict(mixed_precision="no", group_size=1, seed=1),
-}
+
+
+def variant_name(precision: str, recovery_seed: int) -> str:
+    """``no``/``bf16`` for recovery seed 0 (the first guard's folders), ``<precision>-seed<N>`` otherwise."""
+    return precision if recovery_seed == 0 else f"{precision}-seed{recovery_seed}"
+
+
+def variant_fields(variant: str) -> dict:
+    """The recover fields of a variant name: its precision and recovery seed, one unit per forward pass."""
+    precision, _, seed = variant.partition("-seed")
+    return dict(mixed_precision=precision, group_size=1, seed=int(seed or 0))
+
+
 METHODS = ("scdd", "hf_scdd")
 MODES = ("hard", "online")
 GUARD = 1.0  # points of top-1
@@ -54,6 +69,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ipc", type=int, default=10)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds (paired)")
+    p.add_argument("--recovery_seeds", type=int, nargs="+", default=[0],
+                   help="SC-DD sets per precision, one per recovery seed; with several, the guard compares the "
+                        "precisions over sets and the floor is the spread between the fp32 sets")
     p.add_argument("--steps", type=int, default=3000, help="student optimiser steps")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--root", default=str(HERE / "results"))
@@ -64,17 +82,21 @@ def set_dir(work: Path, method: str, variant: str) -> Path:
     return work / f"{method}-{variant}" / "distilled"
 
 
-def variants(method: str) -> tuple[str, ...]:
-    """fp32 and bf16 for every method, and the floor for the method that optimises images."""
-    return PRECISIONS + ((FLOOR,) if method == "scdd" else ())
+def variants(method: str, recovery_seeds: list[int]) -> list[str]:
+    """fp32 and bf16 for every method (a selection at recovery seed 0 only: it has no noise draw), and for
+    SC-DD one pair per recovery seed, plus the floor's fp32 seed-1 set when there is only one seed."""
+    if method != "scdd":
+        return list(PRECISIONS)
+    names = [variant_name(p, r) for r in recovery_seeds for p in PRECISIONS]
+    return names + ([FLOOR] if recovery_seeds == [0] else [])
 
 
 def recover_all(args, setup, models: Path, work: Path) -> None:
     commands = [
         (f"recover_{method}_{variant}", stage_command(
             "recover", backbone=models / "probe_mocov2", dataset=setup.dataset, ipc=args.ipc, method=method,
-            output_dir=set_dir(work, method, variant), report_to="none", **VARIANTS[variant]))
-        for method in args.methods for variant in variants(method)
+            output_dir=set_dir(work, method, variant), report_to="none", **variant_fields(variant)))
+        for method in args.methods for variant in variants(method, args.recovery_seeds)
     ]
     run_all(commands, work / "logs", workers=args.workers)
 
@@ -103,19 +125,28 @@ def compare_sets(work: Path, method: str, pair: tuple[str, str] = PRECISIONS) ->
     return out
 
 
+def evaluate_dir(work: Path, method: str, variant: str, seeds: list[int]) -> Path:
+    """A set's evaluation for some student seeds (the first guard's ``evaluate/`` holds seeds 0 1 2)."""
+    return work / f"{method}-{variant}" / ("evaluate" if seeds == [0, 1, 2] else f"evaluate-seeds{''.join(map(str, seeds))}")
+
+
 def evaluate_all(args, setup, models: Path, work: Path, methods: list[str]) -> None:
     commands = [
-        (f"evaluate_{method}_{variant}", evaluate_command(
-            setup, set_dir(work, method, variant), work / f"{method}-{variant}" / "evaluate", models / "teacher",
-            modes=list(MODES), seeds=args.seeds, steps=args.steps, random_baseline=False))
-        for method in methods for variant in variants(method)
+        (f"evaluate_{method}_{variant}_seeds{''.join(map(str, args.seeds))}", evaluate_command(
+            setup, set_dir(work, method, variant), evaluate_dir(work, method, variant, args.seeds),
+            models / "teacher", modes=list(MODES), seeds=args.seeds, steps=args.steps, random_baseline=False))
+        for method in methods for variant in variants(method, args.recovery_seeds)
     ]
     run_all(commands, work / "logs", workers=args.workers)
 
 
 def per_seed(work: Path, method: str, variant: str, mode: str) -> dict[int, float]:
-    runs = read_results(work / f"{method}-{variant}" / "evaluate")["runs"][f"distilled/{mode}"]
-    return {int(r["seed"]): 100 * r["final_top1"] for r in runs}
+    """Student seed → final top-1 (%), merged over every evaluation of the set (``evaluate*/``)."""
+    out = {}
+    for folder in sorted((work / f"{method}-{variant}").glob("evaluate*")):
+        if (folder / "results.json").exists():
+            out.update({int(r["seed"]): 100 * r["final_top1"] for r in read_results(folder)["runs"][f"distilled/{mode}"]})
+    return out
 
 
 def paired_rows(work: Path, method: str, pair: tuple[str, str] = PRECISIONS) -> list[dict]:
@@ -133,6 +164,43 @@ def paired_rows(work: Path, method: str, pair: tuple[str, str] = PRECISIONS) -> 
     return rows
 
 
+def across_sets(work: Path, recovery_seeds: list[int], student_seeds: list[int]) -> list[dict]:
+    """Per label mode, over SC-DD's sets: each recovery seed's bf16 − fp32 (mean over the student seeds both
+    sets trained), the mean and std of those per-set differences, and the std between the fp32 sets' own
+    means, the spread any single comparison of two sets carries."""
+    rows = []
+    for mode in MODES:
+        differences, fp32_means = [], []
+        for r in recovery_seeds:
+            fp32, bf16 = (per_seed(work, "scdd", variant_name(p, r), mode) for p in PRECISIONS)
+            seeds = [s for s in student_seeds if s in fp32 and s in bf16]
+            differences.append(statistics.mean(bf16[s] - fp32[s] for s in seeds))
+            fp32_means.append(statistics.mean(fp32[s] for s in seeds))
+        mean = statistics.mean(differences)
+        rows.append(dict(mode=mode, recovery_seeds=recovery_seeds, student_seeds=student_seeds,
+                         differences=differences, diff_mean=mean, diff_std=statistics.stdev(differences),
+                         fp32_set_means=fp32_means, fp32_set_std=statistics.stdev(fp32_means),
+                         holds=abs(mean) <= GUARD))
+    return rows
+
+
+def across_lines(rows: list[dict]) -> list[str]:
+    seeds = " / ".join(map(str, rows[0]["recovery_seeds"]))
+    lines = [
+        "", f"Over SC-DD sets: one set per precision and recovery seed ({seeds}), student seeds "
+        f"{rows[0]['student_seeds']}; per set, bf16 − fp32 on the same student seeds.", "",
+        f"| labels | bf16 − fp32 per set (recovery seed {seeds}) | mean ± std over sets | fp32 sets' top-1 "
+        "(per set) | std between fp32 sets | guard |",
+        "|---|---|---:|---|---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {'KD' if row['mode'] == 'online' else 'hard'} | {' / '.join(f'{d:+.2f}' for d in row['differences'])} | "
+            f"{row['diff_mean']:+.2f} ± {row['diff_std']:.2f} | {' / '.join(f'{m:.2f}' for m in row['fp32_set_means'])} | "
+            f"{row['fp32_set_std']:.2f} | {'holds' if row['holds'] else 'FAILS'} |")
+    return lines
+
+
 def row_line(method: str, row: dict, verdict: str) -> str:
     cells = [" / ".join(f"{v:.2f}" for v in row[p]) for p in ("first", "second")]
     return (f"| {method} | {'KD' if row['mode'] == 'online' else 'hard'} | {cells[0]} | {cells[1]} | "
@@ -148,7 +216,8 @@ def set_note(comparison: dict) -> str:
     return note
 
 
-def report(args, comparisons: dict[str, dict], rows: dict[str, list[dict]], floor: dict | None = None) -> str:
+def report(args, comparisons: dict[str, dict], rows: dict[str, list[dict]], floor: dict | None = None,
+           across: list[dict] | None = None) -> str:
     lines = [
         f"# bf16 vs fp32 recovery on {args.dataset}, IPC {args.ipc}", "",
         f"Machine: {hardware_line()}. Students: {args.steps} steps, seeds {args.seeds} (paired), precision auto. "
@@ -172,6 +241,8 @@ def report(args, comparisons: dict[str, dict], rows: dict[str, list[dict]], floo
             *(row_line("scdd", row, "") for row in floor["rows"]),
             "", f"Sets (seed 1 vs seed 0): scdd: {set_note(floor['sets'])}.",
         ]
+    if across:
+        lines += across_lines(across)
     return "\n".join(lines) + "\n"
 
 
@@ -183,13 +254,17 @@ def main() -> None:
     differing = [m for m in args.methods if not comparisons[m]["identical"]]
     evaluate_all(args, setup, models, work, differing)
     rows = {method: paired_rows(work, method) for method in differing}
-    floor = None
-    if "scdd" in args.methods:
+    floor = across = None
+    if "scdd" in args.methods and len(args.recovery_seeds) > 1:
+        across = across_sets(work, args.recovery_seeds, args.seeds)
+    elif "scdd" in args.methods:
         pair = ("no", FLOOR)
         floor = {"sets": compare_sets(work, "scdd", pair), "rows": paired_rows(work, "scdd", pair)}
-    text = report(args, comparisons, rows, floor)
-    write_report(work, text, {"args": vars(args), "sets": comparisons, "rows": rows, "floor": floor,
-                              "hardware": hardware_line()})
+    text = report(args, comparisons, rows, floor, across)
+    report_name = work if args.recovery_seeds == [0] else work.with_name(
+        f"{work.name}-recovery_seeds{''.join(map(str, args.recovery_seeds))}")
+    write_report(report_name, text, {"args": vars(args), "sets": comparisons, "rows": rows, "floor": floor,
+                              "across_sets": across, "hardware": hardware_line()})
 
 
 if __name__ == "__main__":
