@@ -29,7 +29,9 @@ Both sets of a method train students with the same seeds (paired), hard labels a
 supervised teacher, under ``hf-scdd evaluate``'s protocol; the students' own precision is the same for both
 (``--mixed_precision auto``), so only the recovery precision differs. The guard of the precision issue: the
 mean paired difference is at most 1 point of top-1. Models come from the fidelity benchmark's folder
-(trained first if missing); everything is resumable. Writes ``benchmarks/results/precision_guard/<dataset>-ipc<N>.{md,json}`` (``...-recovery_seeds012.{md,json}`` for several recovery seeds).
+(trained first if missing); everything is resumable. Writes
+``benchmarks/results/precision_guard/<dataset>-ipc<N>.{md,json}`` (``...-recovery_seeds012.{md,json}`` for several
+recovery seeds).
 """
 
 from __future__ import annotations
@@ -131,11 +133,13 @@ def evaluate_dir(work: Path, method: str, variant: str, seeds: list[int]) -> Pat
 
 
 def evaluate_all(args, setup, models: Path, work: Path, methods: list[str]) -> None:
+    """Every set's students for the requested seeds, except sets whose evaluations already hold them all."""
     commands = [
         (f"evaluate_{method}_{variant}_seeds{''.join(map(str, args.seeds))}", evaluate_command(
             setup, set_dir(work, method, variant), evaluate_dir(work, method, variant, args.seeds),
             models / "teacher", modes=list(MODES), seeds=args.seeds, steps=args.steps, random_baseline=False))
         for method in methods for variant in variants(method, args.recovery_seeds)
+        if not all(set(args.seeds) <= set(per_seed(work, method, variant, mode)) for mode in MODES)
     ]
     run_all(commands, work / "logs", workers=args.workers)
 
