@@ -48,8 +48,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from ..errors import BNStatsError
 from ..training.accelerator import Precision, autocast_of
