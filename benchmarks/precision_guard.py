@@ -80,6 +80,15 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def seeds_tag(seeds: list[int]) -> str:
+    """``012`` for seeds 0 1 2: the suffix of folder, log and report names."""
+    return "".join(map(str, seeds))
+
+
+def mode_label(mode: str) -> str:
+    return "KD" if mode == "online" else "hard"
+
+
 def set_dir(work: Path, method: str, variant: str) -> Path:
     return work / f"{method}-{variant}" / "distilled"
 
@@ -129,13 +138,13 @@ def compare_sets(work: Path, method: str, pair: tuple[str, str] = PRECISIONS) ->
 
 def evaluate_dir(work: Path, method: str, variant: str, seeds: list[int]) -> Path:
     """A set's evaluation for some student seeds (the first guard's ``evaluate/`` holds seeds 0 1 2)."""
-    return work / f"{method}-{variant}" / ("evaluate" if seeds == [0, 1, 2] else f"evaluate-seeds{''.join(map(str, seeds))}")
+    return work / f"{method}-{variant}" / ("evaluate" if seeds == [0, 1, 2] else f"evaluate-seeds{seeds_tag(seeds)}")
 
 
 def evaluate_all(args, setup, models: Path, work: Path, methods: list[str]) -> None:
     """Every set's students for the requested seeds, except sets whose evaluations already hold them all."""
     commands = [
-        (f"evaluate_{method}_{variant}_seeds{''.join(map(str, args.seeds))}", evaluate_command(
+        (f"evaluate_{method}_{variant}_seeds{seeds_tag(args.seeds)}", evaluate_command(
             setup, set_dir(work, method, variant), evaluate_dir(work, method, variant, args.seeds),
             models / "teacher", modes=list(MODES), seeds=args.seeds, steps=args.steps, random_baseline=False))
         for method in methods for variant in variants(method, args.recovery_seeds)
@@ -149,7 +158,8 @@ def per_seed(work: Path, method: str, variant: str, mode: str) -> dict[int, floa
     out = {}
     for folder in sorted((work / f"{method}-{variant}").glob("evaluate*")):
         if (folder / "results.json").exists():
-            out.update({int(r["seed"]): 100 * r["final_top1"] for r in read_results(folder)["runs"][f"distilled/{mode}"]})
+            runs = read_results(folder)["runs"][f"distilled/{mode}"]
+            out.update({int(r["seed"]): 100 * r["final_top1"] for r in runs})
     return out
 
 
@@ -199,7 +209,7 @@ def across_lines(rows: list[dict]) -> list[str]:
     ]
     for row in rows:
         lines.append(
-            f"| {'KD' if row['mode'] == 'online' else 'hard'} | {' / '.join(f'{d:+.2f}' for d in row['differences'])} | "
+            f"| {mode_label(row['mode'])} | {' / '.join(f'{d:+.2f}' for d in row['differences'])} | "
             f"{row['diff_mean']:+.2f} ± {row['diff_std']:.2f} | {' / '.join(f'{m:.2f}' for m in row['fp32_set_means'])} | "
             f"{row['fp32_set_std']:.2f} | {'holds' if row['holds'] else 'FAILS'} |")
     return lines
@@ -207,7 +217,7 @@ def across_lines(rows: list[dict]) -> list[str]:
 
 def row_line(method: str, row: dict, verdict: str) -> str:
     cells = [" / ".join(f"{v:.2f}" for v in row[p]) for p in ("first", "second")]
-    return (f"| {method} | {'KD' if row['mode'] == 'online' else 'hard'} | {cells[0]} | {cells[1]} | "
+    return (f"| {method} | {mode_label(row['mode'])} | {cells[0]} | {cells[1]} | "
             f"{row['diff_mean']:+.2f} ± {row['diff_std']:.2f} | {verdict} |")
 
 
@@ -266,7 +276,7 @@ def main() -> None:
         floor = {"sets": compare_sets(work, "scdd", pair), "rows": paired_rows(work, "scdd", pair)}
     text = report(args, comparisons, rows, floor, across)
     report_name = work if args.recovery_seeds == [0] else work.with_name(
-        f"{work.name}-recovery_seeds{''.join(map(str, args.recovery_seeds))}")
+        f"{work.name}-recovery_seeds{seeds_tag(args.recovery_seeds)}")
     write_report(report_name, text, {"args": vars(args), "sets": comparisons, "rows": rows, "floor": floor,
                               "across_sets": across, "hardware": hardware_line()})
 
