@@ -209,3 +209,60 @@ def test_full_data_baseline_runs_kd_beside_hard_labels(tmp_path):
         assert run["num_images"] == 18 and run["mode"] == mode and run["steps"] == 5 and run["test_count"] == 12
     # the same views and seed, other targets: the KD run's losses are the teacher's, not the labels'
     assert report["runs"]["full/online"][0]["loss"] != report["runs"]["full/hard"][0]["loss"]
+
+
+def test_channels_last_students_compute_what_the_default_layout_computes():
+    """The layout is a speed setting, not a model change: the same student, views and teacher give the same
+    KD losses and gradients in channels_last as in the default layout, to float rounding."""
+    from hf_scdd.models import ResNet
+    from hf_scdd.training.accelerator import memory_layout
+
+    images_np, labels_list = synthetic_images(4, 3, 12, seed=5)
+    images = torch.stack([torch.from_numpy(x)[None] for x in images_np])
+    results = {}
+    for channels_last in (False, True):
+        teacher = memory_layout(tiny_teacher(seed=1), channels_last)
+        source = TargetSource(
+            "online", images=images, labels=torch.tensor(labels_list), batch_size=6, seed=0, temperature=4.0,
+            view_spec=EvaluateConfig(batch_size=6).view_spec(), teacher=teacher_fn(teacher, teacher.mean, teacher.std),
+        )
+        torch.manual_seed(0)
+        student = memory_layout(ResNet("resnet10", num_classes=3, in_channels=1, width=4, image_size=12), channels_last)
+        conv = student.layer1[0].conv1.weight  # 4 input channels: the two layouts differ
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last != conv.is_contiguous()
+        optimizer = torch.optim.AdamW(student.parameters(), lr=3e-3)
+        source.start_epoch(0)
+        losses, grads = [], {}
+        for step in range(5):
+            loss = source.loss(student.train(), 0, lambda x: (x - 0.2) / 0.3, "cpu")
+            optimizer.zero_grad()
+            loss.backward()
+            if step == 0:  # after one Adam step, gradients near 0 turn rounding into lr-sized differences
+                grads = {n: p.grad.contiguous() for n, p in student.named_parameters()}
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        results[channels_last] = losses, grads
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-4, atol=1e-6)
+    for name, grad in results[False][1].items():
+        torch.testing.assert_close(results[True][1][name], grad, rtol=1e-4, atol=1e-4 * float(grad.abs().max()), msg=name)
+
+
+def test_channels_last_evaluation_saves_a_plain_student_and_returns_the_teacher_as_it_came(tmp_path):
+    """A channels_last run (the default) saves its student (safetensors needs plain tensors), hands it on in the
+    default layout, and leaves the caller's teacher in the layout it came in."""
+    from hf_scdd.models import ResNet
+
+    real = write_image_dataset(tmp_path / "real", n_train_per_class=6, n_test_per_class=4)
+    teacher = tiny_teacher(tmp_path / "teacher")
+    config = EvaluateConfig(
+        output_dir=str(tmp_path / "eval"), distilled=str(write_distilled(tmp_path / "dist", ipc=2)),
+        dataset=str(real), teacher=str(tmp_path / "teacher"), label_modes=["online"], arch="resnet10", width=4,
+        steps=4, eval_points=1, batch_size=4, seeds=[0], report_to="none", cpu=True, mixed_precision="no",
+        random_baseline=False,
+    )
+    assert config.channels_last
+    run_evaluation(config, teacher=teacher)
+    assert all(p.is_contiguous() for p in teacher.parameters())
+    student = ResNet.from_pretrained(tmp_path / "eval" / "student")
+    assert torch.isfinite(student(torch.rand(2, 1, 12, 12))).all()
+    assert json.loads((tmp_path / "eval" / "config.json").read_text())["config"]["channels_last"] is True
