@@ -1,6 +1,6 @@
 """Training-step speed, fp32 vs bf16, for the shapes squeeze and post-training run (issue 12's "epochs ≥ 2× faster
-where bf16 units exist"), in the default memory layout and in channels_last (what ``hf-scdd evaluate`` trains
-students in by default, ``--channels_last``).
+where bf16 units exist"), in the default memory layout and with channels_last weights (faster, but not used by the library: it crashed
+torch 2.13's CPU build intermittently in multi-threaded training, see benchmarks/RESULTS.md).
 
     python benchmarks/train_speed.py                    # a few steps per shape, the four settings interleaved
     python benchmarks/train_speed.py --steps 20 --threads 2
@@ -9,7 +9,7 @@ One training step = forward + cross-entropy + backward + AdamW step of the libra
 under the library's own :class:`~hf_scdd.training.accelerator.Precision` (what ``--mixed_precision bf16|no`` runs:
 autocast for the forward, fp32 weights, optimiser and loss). That is the core of both a supervised squeeze step
 and a post-training student step (MoCo v2 adds a second, no-grad forward; KD a teacher forward). The four
-settings (fp32 / bf16 × default / channels_last weights, :func:`hf_scdd.training.accelerator.memory_layout`) get
+settings (fp32 / bf16 × default / channels_last weights) get
 their own copy of the model and alternate in blocks in one process, so load from other jobs falls on all alike;
 the ratios are reported per shape with the hardware line. Results also go to ``benchmarks/results/train_speed.json``.
 """
@@ -56,7 +56,7 @@ SETTINGS = {  # name: (precision, channels_last)
 
 def measure(shape: str, steps: int, rounds: int) -> dict:
     from hf_scdd.models.resnet import ResNet
-    from hf_scdd.training.accelerator import Precision, memory_layout
+    from hf_scdd.training.accelerator import Precision
 
     arch, width, channels, size, batch = SHAPES[shape]
     x, y = torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,))
@@ -64,7 +64,8 @@ def measure(shape: str, steps: int, rounds: int) -> dict:
     for name, (precision, channels_last) in SETTINGS.items():
         torch.manual_seed(0)
         model = ResNet(arch=arch, width=width, in_channels=channels, image_size=size, num_classes=10).train()
-        model = memory_layout(model, channels_last)
+        if channels_last:  # convolutions follow their weight's layout: NHWC activations without input copies
+            model = model.to(memory_format=torch.channels_last)
         runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3), Precision.resolve(precision, "cpu"))
     for model, optimizer, precision in runs.values():  # warm-up (oneDNN primitive creation)
         step_time(model, optimizer, x, y, precision, 2)

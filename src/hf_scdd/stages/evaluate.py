@@ -86,12 +86,6 @@ class EvaluateConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
         default=None, metadata={"help": "Optimiser steps of the full-data run (default: --steps)."}
     )
     save_student: bool = field(default=True, metadata={"help": "Save the first seed's student as a Hub-ready model."})
-    channels_last: bool = field(
-        default=True,
-        metadata={"help": "Train students (and run the KD teacher) with channels_last weights: 1.1-1.4x faster "
-                  "steps on CPU (benchmarks/train_speed.py); false keeps the default layout (tables recorded before this "
-                  "option were trained in it)."},
-    )
 
     def checks(self) -> list[Check]:
         unknown = [m for m in self.label_modes if m not in LABEL_MODES]

@@ -104,19 +104,6 @@ def autocast_of(precision: Precision | None):
     return precision.autocast() if precision is not None else nullcontext()
 
 
-def memory_layout(module: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
-    """``module`` with its 4-D weights in channels_last (NHWC) or the default contiguous layout, in place.
-
-    Why: a convolution follows its weight's layout, so NHWC weights alone make oneDNN run its NHWC kernels
-    without the reorders around each call; for a training step (forward, backward, AdamW) of the library's
-    ResNets on CPU that is 1.1-1.2x faster in bf16 and 1.3-1.4x in fp32 (``benchmarks/train_speed.py``). It
-    is not used where BN inputs are reshaped (MoCo's split BN, recovery's statistics), which it makes slower.
-    Values are unchanged; float reductions (and so a trained model's last bits) differ between layouts.
-    Models leave training in the default layout again (``channels_last=False``), the one saved files load in.
-    """
-    return module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
 class JSONLTracker:
     """A dependency-free accelerate tracker: one JSON object per ``log`` call in ``<dir>/metrics.jsonl``."""
 

@@ -40,7 +40,7 @@ from ..losses.distillation import kd_loss, mixed_hard_loss
 from ..models.loading import teacher_fn
 from ..models.resnet import ResNet, save_model_atomically
 from ..utils import atomic_write_text
-from .accelerator import Precision, finish_trackers, make_accelerator, memory_layout
+from .accelerator import Precision, finish_trackers, make_accelerator
 from .evaluation import evaluate_top1
 from .loop import IndexDataset, cosine_schedule, remove_checkpoints, train
 
@@ -111,7 +111,6 @@ class StudentSettings(Protocol):
     seeds: list[int]
     full_data_steps: int | None
     save_student: bool
-    channels_last: bool
     output_dir: str
     cpu: bool
     mixed_precision: str
@@ -254,7 +253,7 @@ def train_student(
     precision = Precision.resolve(config.mixed_precision, accelerator.device)
     device = accelerator.device
     set_seed(seed)
-    student = memory_layout(build_student(config, data), config.channels_last)
+    student = build_student(config, data)
     if mode == "stored" and not is_compact(store) and store.format.batch_size != batch_size:
         raise ConfigError(
             f"the soft labels were made with batch size {store.format.batch_size} but --batch_size is {batch_size}; "
@@ -262,7 +261,7 @@ def train_student(
         )
     teacher_call = None
     if mode == "online":
-        teacher = memory_layout(teacher.to(device), config.channels_last)
+        teacher = teacher.to(device)
         teacher_call = teacher_fn(teacher, data.mean, data.std, train_mode=config.teacher_train_mode)
     source = TargetSource(
         mode, images=images if isinstance(images, ImageSource) else images.to(device), labels=labels, batch_size=batch_size, view_spec=config.view_spec(),
@@ -300,9 +299,7 @@ def train_student(
     result.update(mode=mode, seed=seed, epochs=epochs, num_images=len(images), test_size=len(test_source),
                   steps=progress.global_step, precision=precision.name)
     remove_checkpoints(accelerator, run_dir)
-    model = memory_layout(accelerator.unwrap_model(student), False)
-    if teacher is not None and mode == "online":
-        memory_layout(teacher, False)  # the caller's teacher, as it came
+    model = accelerator.unwrap_model(student)
     if accelerator.is_main_process:
         if keep_model:
             save_model_atomically(model, Path(run_dir) / STUDENT_DIR)
