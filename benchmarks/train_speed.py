@@ -1,15 +1,17 @@
 """Training-step speed, fp32 vs bf16, for the shapes squeeze and post-training run (issue 12's "epochs ≥ 2× faster
-where bf16 units exist").
+where bf16 units exist"), in the default memory layout and with channels_last weights (faster, but not used by the library: it crashed
+torch 2.13's CPU build intermittently in multi-threaded training, see benchmarks/RESULTS.md).
 
-    python benchmarks/train_speed.py                    # a few steps per shape, interleaved fp32 / bf16
+    python benchmarks/train_speed.py                    # a few steps per shape, the four settings interleaved
     python benchmarks/train_speed.py --steps 20 --threads 2
 
 One training step = forward + cross-entropy + backward + AdamW step of the library's ``ResNet`` in train mode,
 under the library's own :class:`~hf_scdd.training.accelerator.Precision` (what ``--mixed_precision bf16|no`` runs:
 autocast for the forward, fp32 weights, optimiser and loss). That is the core of both a supervised squeeze step
-and a post-training student step (MoCo v2 adds a second, no-grad forward; KD a teacher forward). fp32 and bf16
-blocks alternate in one process, so load from other jobs falls on both alike, and the ratio is reported per
-shape with the hardware line. Results also go to ``benchmarks/results/train_speed.json``.
+and a post-training student step (MoCo v2 adds a second, no-grad forward; KD a teacher forward). The four
+settings (fp32 / bf16 × default / channels_last weights) get
+their own copy of the model and alternate in blocks in one process, so load from other jobs falls on all alike;
+the ratios are reported per shape with the hardware line. Results also go to ``benchmarks/results/train_speed.json``.
 """
 
 from __future__ import annotations
@@ -47,24 +49,34 @@ def step_time(model, optimizer, x, y, precision, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+SETTINGS = {  # name: (precision, channels_last)
+    "fp32": ("no", False), "fp32-cl": ("no", True), "bf16": ("bf16", False), "bf16-cl": ("bf16", True),
+}
+
+
 def measure(shape: str, steps: int, rounds: int) -> dict:
     from hf_scdd.models.resnet import ResNet
     from hf_scdd.training.accelerator import Precision
 
     arch, width, channels, size, batch = SHAPES[shape]
-    torch.manual_seed(0)
-    model = ResNet(arch=arch, width=width, in_channels=channels, image_size=size, num_classes=10).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,))
-    precisions = {"fp32": Precision.resolve("no", "cpu"), "bf16": Precision.resolve("bf16", "cpu")}
-    times: dict[str, list[float]] = {name: [] for name in precisions}
-    for name, precision in precisions.items():  # warm-up (oneDNN primitive creation)
+    runs = {}
+    for name, (precision, channels_last) in SETTINGS.items():
+        torch.manual_seed(0)
+        model = ResNet(arch=arch, width=width, in_channels=channels, image_size=size, num_classes=10).train()
+        if channels_last:  # convolutions follow their weight's layout: NHWC activations without input copies
+            model = model.to(memory_format=torch.channels_last)
+        runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-3), Precision.resolve(precision, "cpu"))
+    for model, optimizer, precision in runs.values():  # warm-up (oneDNN primitive creation)
         step_time(model, optimizer, x, y, precision, 2)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        for name, precision in precisions.items():
+        for name, (model, optimizer, precision) in runs.items():
             times[name].append(step_time(model, optimizer, x, y, precision, steps))
-    fp32, bf16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
-    return {"shape": shape, "fp32_s_per_step": fp32, "bf16_s_per_step": bf16, "bf16_speedup": fp32 / bf16,
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {"shape": shape, **{f"{name}_s_per_step": t for name, t in median.items()},
+            "bf16_speedup": median["fp32"] / median["bf16"], "bf16_speedup_cl": median["fp32-cl"] / median["bf16-cl"],
+            "cl_gain_fp32": median["fp32"] / median["fp32-cl"], "cl_gain_bf16": median["bf16"] / median["bf16-cl"],
             "rounds": rounds, "steps_per_round": steps}
 
 
@@ -78,14 +90,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     hardware = hardware_line()
     print(f"# hardware: {hardware}; {args.threads} thread(s); load average {os.getloadavg()[0]:.1f}", flush=True)
-    print("| shape | fp32 s/step | bf16 s/step | bf16 speed-up |\n|---|---:|---:|---:|", flush=True)
+    print("| shape | fp32 | fp32 CL | bf16 | bf16 CL | bf16 vs fp32 | bf16 CL vs fp32 CL | CL gain fp32 | CL gain bf16 |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     rows = []
     for shape in args.shapes:
         row = measure(shape, args.steps, args.rounds)
         rows.append(row)
-        print(f"| {shape} | {row['fp32_s_per_step']:.3f} | {row['bf16_s_per_step']:.3f} | "
-              f"{row['bf16_speedup']:.2f}× |", flush=True)
-    print(f"load average at the end {os.getloadavg()[0]:.1f}; target: ≥ 2× where the CPU has bf16 units")
+        print(f"| {shape} | " + " | ".join(f"{row[f'{name}_s_per_step']:.3f}" for name in SETTINGS)
+              + f" | {row['bf16_speedup']:.2f}× | {row['bf16_speedup_cl']:.2f}× | {row['cl_gain_fp32']:.2f}× | "
+              f"{row['cl_gain_bf16']:.2f}× |", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}; seconds per step; CL = channels_last weights; "
+          "target: bf16 ≥ 2× fp32 where the CPU has bf16 units")
     out = Path(HERE) / "results" / "train_speed.json"
     out.write_text(json.dumps({"date": str(date.today()), "hardware": hardware, "args": vars(args),
                                "load_end": os.getloadavg()[0], "rows": rows}, indent=2) + "\n")

@@ -81,6 +81,19 @@ def test_two_process_pipeline_writes_every_artefact(tiny_run):
         assert row in results_md and row in result.stdout, row
     scdd = json.loads((out / "distilled_scdd" / "config.json").read_text())["config"]
     assert scdd["init"] == "noise" and json.loads((out / "distilled" / "config.json").read_text())["config"]["init"] == "real"
+    # the paper's arm trains KD students only by default (its protocol), the library's set every asked mode
+    assert set(json.loads((out / "evaluate_scdd" / "results.json").read_text())["results"]) == {"distilled/online"}
+
+
+def test_the_scdd_arm_label_modes_follow_the_main_ones_unless_given():
+    from hf_scdd.errors import ConfigError
+    from hf_scdd.pipeline import PipelineConfig
+
+    assert PipelineConfig(label_modes=["online", "stored", "hard"]).scdd_label_modes() == ["online"]
+    assert PipelineConfig(label_modes=["hard", "stored"]).scdd_label_modes() == ["hard"]
+    assert PipelineConfig(compare_label_modes=["online", "hard"]).scdd_label_modes() == ["online", "hard"]
+    with pytest.raises(ConfigError, match="compare_label_modes.*without 'stored'"):
+        PipelineConfig(label_modes=["online", "stored"], compare_label_modes=["stored"]).validate()
 
 
 def test_rerun_skips_finished_stages(tiny_run):

@@ -79,6 +79,12 @@ class PipelineConfig(StageConfig):
         metadata={"help": "Also distil with the paper's configuration (--method scdd) and train its students "
                   "beside, under the same protocol (when --method is not scdd already)."},
     )
+    compare_label_modes: list[str] | None = field(
+        default=None,
+        metadata={"help": "Label modes of the SC-DD arm's students, among --label_modes except 'stored'. Default: "
+                  "online KD (the paper's protocol) when it is among --label_modes, else the other modes; a hard-"
+                  "label SC-DD student costs a student's time for a cell the fidelity benchmark reports."},
+    )
     iterations: int | None = field(default=None, metadata={"help": "Recovery iterations (recover preset if unset)."})
     label_modes: list[str] = field(
         default_factory=lambda: ["online", "hard"],
@@ -132,7 +138,17 @@ class PipelineConfig(StageConfig):
             (self.ssl_epochs >= 1 and self.teacher_epochs >= 1, "--ssl_epochs and --teacher_epochs must be >= 1"),
             (self.train_samples >= 0, f"--train_samples must be >= 0 (0 = all), got {self.train_samples}"),
             (self.cpu_threads is None or self.cpu_threads >= 1, f"--cpu_threads must be >= 1, got {self.cpu_threads}"),
+            (set(self.scdd_label_modes()) <= set(self.label_modes) - {"stored"},
+             f"--compare_label_modes {self.compare_label_modes} must be among --label_modes {self.label_modes} "
+             "without 'stored' (the SC-DD arm has no stored labels)"),
         ]
+
+    def scdd_label_modes(self) -> list[str]:
+        """The SC-DD arm's label modes: ``--compare_label_modes``, else online KD if asked, else the others
+        (never ``stored``: the paper's set is not relabelled)."""
+        if self.compare_label_modes is not None:
+            return list(dict.fromkeys(self.compare_label_modes))
+        return ["online"] if "online" in self.label_modes else [m for m in self.label_modes if m != "stored"]
 
     # threads change only the speed (and float reduction order), not what the run is
     RUNTIME_FIELDS = (*StageConfig.RUNTIME_FIELDS, "cpu_threads")
@@ -232,7 +248,7 @@ def plan(config: PipelineConfig, *, needs_probe: bool = True, image_size: int | 
     if "stored" in config.label_modes or config.push_to_hub:
         steps.append(Step("relabel", relabel.main, relabel_config(config, eval_cfg, num_classes or 1)))
     steps.append(Step("evaluate", evaluate.main, eval_cfg))
-    scdd_modes = [m for m in config.label_modes if m != "stored"]  # the paper's set has no stored labels
+    scdd_modes = config.scdd_label_modes()
     if compare and scdd_modes:
         steps.append(Step("evaluate_scdd", evaluate.main, dataclasses.replace(
             eval_cfg, distilled=str(out / "distilled_scdd"), random_baseline=False, full_data_baseline=False,

@@ -110,7 +110,6 @@ class StudentSettings(Protocol):
     full_data_baseline: bool
     seeds: list[int]
     full_data_steps: int | None
-    seeds: list[int]
     save_student: bool
     output_dir: str
     cpu: bool
