@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -100,22 +101,48 @@ def evaluation_dir(work: Path, name: str, ipc: int, seeds: list[int], protocol: 
     return evaluations(work, protocol) / f"{name}-ipc{ipc}-seeds{''.join(map(str, seeds))}"
 
 
-def best_evaluation(work: Path, name: str, ipc: int, protocol: str = "pad") -> dict | None:
-    """Every finished evaluation of (row, IPC) merged: the runs of distinct seeds from all its folders (a row
-    first evaluated with seed 0, then with seeds 1 2, counts as three seeds), aggregated again; None if none."""
-    from hf_scdd.training.report import aggregate
-
+def runs_by_seed(work: Path, name: str, ipc: int, protocol: str = "pad") -> tuple[list[dict], dict[str, dict[int, dict]]]:
+    """Every finished evaluation report of (row, IPC), and its runs by result key and student seed (the first
+    folder holding a seed wins: a seed is never counted twice)."""
     found = [read_results(p) for p in sorted(evaluations(work, protocol).glob(f"{name}-ipc{ipc}-seeds*"))
              if (p / "results.json").exists()]
-    if not found:
-        return None
     runs: dict[str, dict[int, dict]] = {}
     for report in found:
         for key, results in report["runs"].items():
             for result in results:
                 runs.setdefault(key, {}).setdefault(result["seed"], result)
+    return found, runs
+
+
+def best_evaluation(work: Path, name: str, ipc: int, protocol: str = "pad") -> dict | None:
+    """Every finished evaluation of (row, IPC) merged: the runs of distinct seeds from all its folders (a row
+    first evaluated with seed 0, then with seeds 1 2, counts as three seeds), aggregated again; None if none."""
+    from hf_scdd.training.report import aggregate
+
+    found, runs = runs_by_seed(work, name, ipc, protocol)
+    if not found:
+        return None
     merged = max(found, key=lambda r: len(r["config"]["seeds"]))
     return {**merged, "results": aggregate({k: [v[s] for s in sorted(v)] for k, v in runs.items()})}
+
+
+def paired_lines(work: Path, ipcs: list[int], protocol: str, row: str = "hf_scdd_refined", base: str = "hf_scdd") -> list[str]:
+    """``row − base`` per student seed they share (the same seed trains both: paired), mean ± std per IPC and
+    label mode: the do-no-harm check of a refinement against the images it starts from."""
+    lines = []
+    for ipc in ipcs:
+        ours, theirs = runs_by_seed(work, row, ipc, protocol)[1], runs_by_seed(work, base, ipc, protocol)[1]
+        for mode in MODES:
+            a, b = ours.get(f"distilled/{mode}", {}), theirs.get(f"distilled/{mode}", {})
+            diffs = [100 * (a[s]["final_top1"] - b[s]["final_top1"]) for s in sorted(set(a) & set(b))]
+            if diffs:
+                std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+                lines.append(f"| {ipc} | {'KD' if mode == 'online' else mode} | {statistics.fmean(diffs):+.2f} ± "
+                             f"{std:.2f} | {len(diffs)} |")
+    if not lines:
+        return []
+    return ["", f"Paired by student seed, {row} − {base} (points):", "",
+            "| IPC | labels | difference | seeds |", "|---:|---|---:|---:|", *lines]
 
 
 def chosen_specs(args, models: Path, setup) -> dict[str, dict]:
@@ -216,6 +243,7 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
         data.setdefault("teacher_top1", base.get("teacher_top1"))
         for warning in base.get("checks", []):
             lines.append(f"\n**Protocol check failed at IPC {ipc}:** {warning}")
+    lines += paired_lines(work, args.ipcs, args.protocol)
     lines += ["", f"Teacher (supervised {teacher['arch']} width {teacher['width']}) test top-1: "
               f"{100 * data['teacher_top1']:.2f} %." if data.get("teacher_top1") else ""]
     return "\n".join(lines) + "\n", data
