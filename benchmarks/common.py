@@ -146,6 +146,18 @@ def evaluate_command(setup: DatasetSetup, distilled: Path, out: Path, teacher: P
     )
 
 
+def unrefined_medoids(setup: DatasetSetup) -> dict[str, Any]:
+    """The recover fields of ``--method hf_scdd`` before it refined its medoids (session 7): selection only.
+    The benchmark folders made then recorded these values (lr and r_bn from the dataset preset, unused at 0
+    iterations); pinning them keeps those folders, and what their rows mean, valid."""
+    from types import SimpleNamespace
+
+    from hf_scdd.synthesis.presets import PRESETS, choose_preset
+
+    preset = PRESETS[choose_preset(SimpleNamespace(preset="auto"), setup.name, 32)]
+    return dict(method="hf_scdd", iterations=0, bn_targets="running", lr=preset["lr"], r_bn=preset["r_bn"])
+
+
 def benchmark_setup(name: str, root: str | Path) -> tuple[DatasetSetup, Path]:
     """A dataset's setup and its models folder (``<root>/models/<name>``); one line and exit when the dataset
     is not on this machine (CIFAR-10 lives outside the repository)."""

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 from common import DATASETS, HERE, evaluate_command, hardware_line, read_results, run_all, stage_command, \
-    start_benchmark, write_report
+    start_benchmark, unrefined_medoids, write_report
 
 PRECISIONS = ("no", "bf16")
 FLOOR = "no-seed1"
@@ -89,6 +89,13 @@ def mode_label(mode: str) -> str:
     return "KD" if mode == "online" else "hard"
 
 
+def method_fields(method: str, setup) -> dict:
+    """``hf_scdd`` is guarded as a selection (what bf16 changes there: the observer's features k-means reads),
+    pinned to the fields its sets were recovered with; its refinement optimises images, which ``auto`` keeps in
+    fp32 since the SC-DD guard."""
+    return unrefined_medoids(setup) if method == "hf_scdd" else dict(method=method)
+
+
 def set_dir(work: Path, method: str, variant: str) -> Path:
     return work / f"{method}-{variant}" / "distilled"
 
@@ -105,8 +112,9 @@ def variants(method: str, recovery_seeds: list[int]) -> list[str]:
 def recover_all(args, setup, models: Path, work: Path) -> None:
     commands = [
         (f"recover_{method}_{variant}", stage_command(
-            "recover", backbone=models / "probe_mocov2", dataset=setup.dataset, ipc=args.ipc, method=method,
-            output_dir=set_dir(work, method, variant), report_to="none", **variant_fields(variant)))
+            "recover", backbone=models / "probe_mocov2", dataset=setup.dataset, ipc=args.ipc,
+            output_dir=set_dir(work, method, variant), report_to="none", **method_fields(method, setup),
+            **variant_fields(variant)))
         for method in args.methods for variant in variants(method, args.recovery_seeds)
     ]
     run_all(commands, work / "logs", workers=args.workers)

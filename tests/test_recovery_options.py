@@ -223,12 +223,13 @@ def test_real_init_refined_against_clean_targets_moves_the_pixels(assets, tmp_pa
 def test_method_presets_fill_unset_fields_and_explicit_values_win(assets, tmp_path):
     import json
 
-    out = run(assets, tmp_path / "m", method="hf_scdd")
+    out = run(assets, tmp_path / "m", method="hf_scdd", iterations=2)
     config = json.loads((out / "config.json").read_text())["config"]
-    assert (config["init"], config["selection"], config["iterations"]) == ("real", "kmeans", 0)
-    refined = run(assets, tmp_path / "r", method="hf_scdd", iterations=1, bn_targets="clean")
-    config = json.loads((refined / "config.json").read_text())["config"]
-    assert (config["init"], config["bn_targets"], config["iterations"]) == ("real", "clean", 1)
+    assert (config["init"], config["selection"], config["bn_targets"], config["lr"]) == ("real", "kmeans", "clean", 0.003)
+    assert config["iterations"] == 2  # explicit wins over the method's 100
+    kept = run(assets, tmp_path / "r", method="hf_scdd", iterations=0, bn_targets="running")
+    config = json.loads((kept / "config.json").read_text())["config"]
+    assert (config["init"], config["bn_targets"], config["iterations"]) == ("real", "running", 0)
     scdd = run(assets, tmp_path / "s", iterations=2)
     assert json.loads((scdd / "config.json").read_text())["config"]["init"] == "noise"
 
