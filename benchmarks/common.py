@@ -147,9 +147,9 @@ def evaluate_command(setup: DatasetSetup, distilled: Path, out: Path, teacher: P
 
 
 def unrefined_medoids(setup: DatasetSetup) -> dict[str, Any]:
-    """The recover fields of ``--method hf_scdd`` before it refined its medoids (session 7): selection only.
-    The benchmark folders made then recorded these values (lr and r_bn from the dataset preset, unused at 0
-    iterations); pinning them keeps those folders, and what their rows mean, valid."""
+    """The recover fields of ``--method hf_scdd`` before it refined its medoids on CIFAR-size presets (session 7):
+    selection only. The benchmark folders made then recorded these values (lr and r_bn from the dataset preset,
+    unused at 0 iterations); pinning them keeps those folders, and what their rows mean, valid."""
     from types import SimpleNamespace
 
     from hf_scdd.synthesis.presets import PRESETS, choose_preset

@@ -76,11 +76,11 @@ def set_specs(models: Path, setup) -> dict[str, dict]:
                             backbone=models / "probe_supervised", fields=dict(method="scdd"), prefix=True),
         "sre2l_e2e": dict(title="SRe²L, end-to-end head: the supervised model as trained",
                           backbone=supervised_dir(setup, models), fields=dict(method="scdd"), prefix=True),
-        "hf_scdd": dict(title="k-means medoids of MoCo v2 + probe features, unrefined (`--iterations 0`)",
+        "hf_scdd": dict(title="k-means medoids of MoCo v2 + probe features, unrefined (hf_scdd on 28×28 grey data)",
                         backbone=models / "probe_mocov2", fields=unrefined_medoids(setup), prefix=False),
-        # --method hf_scdd since session 7 (the sweep's kmeans_clean_100_lr003): the same medoids, 100 Adam steps
-        # at lr 0.003 towards BN statistics measured on clean training images
-        "hf_scdd_refined": dict(title="hf_scdd (default): the same medoids + 100 steps at lr 0.003 to clean statistics",
+        # --method hf_scdd on CIFAR-size presets since session 7 (the sweep's kmeans_clean_100_lr003): the same
+        # medoids, 100 Adam steps at lr 0.003 towards BN statistics measured on clean training images
+        "hf_scdd_refined": dict(title="the same medoids + 100 steps at lr 0.003 to clean statistics (hf_scdd on CIFAR-size data)",
                                 backbone=models / "probe_mocov2",
                                 fields=dict(method="hf_scdd", iterations=100, lr=0.003, r_bn=0.01, bn_targets="clean"),
                                 prefix=False),

@@ -223,15 +223,29 @@ def test_real_init_refined_against_clean_targets_moves_the_pixels(assets, tmp_pa
 def test_method_presets_fill_unset_fields_and_explicit_values_win(assets, tmp_path):
     import json
 
-    out = run(assets, tmp_path / "m", method="hf_scdd", iterations=2)
+    out = run(assets, tmp_path / "m", method="hf_scdd")  # 16 px grey data: the "small" preset keeps the medoids
     config = json.loads((out / "config.json").read_text())["config"]
-    assert (config["init"], config["selection"], config["bn_targets"], config["lr"]) == ("real", "kmeans", "clean", 0.003)
-    assert config["iterations"] == 2  # explicit wins over the method's 100
-    kept = run(assets, tmp_path / "r", method="hf_scdd", iterations=0, bn_targets="running")
-    config = json.loads((kept / "config.json").read_text())["config"]
-    assert (config["init"], config["bn_targets"], config["iterations"]) == ("real", "running", 0)
+    assert (config["preset"], config["init"], config["selection"], config["iterations"]) == ("small", "real", "kmeans", 0)
+    refined = run(assets, tmp_path / "r", method="hf_scdd", iterations=1, bn_targets="clean")
+    config = json.loads((refined / "config.json").read_text())["config"]
+    assert (config["init"], config["bn_targets"], config["iterations"]) == ("real", "clean", 1)
     scdd = run(assets, tmp_path / "s", iterations=2)
     assert json.loads((scdd / "config.json").read_text())["config"]["init"] == "noise"
+
+
+def test_hf_scdd_refines_lightly_on_cifar_size_presets_and_explicit_fields_still_win():
+    from hf_scdd.stages.recover import RecoverConfig
+    from hf_scdd.synthesis.presets import resolve_presets
+
+    cifar = resolve_presets(RecoverConfig(method="hf_scdd"), "cifar10", 32)
+    assert (cifar.preset, cifar.init, cifar.selection) == ("cifar", "real", "kmeans")
+    assert (cifar.iterations, cifar.lr, cifar.r_bn, cifar.bn_targets) == (100, 0.003, 0.01, "clean")
+    small = resolve_presets(RecoverConfig(method="hf_scdd"), "fashion_mnist", 28)
+    assert (small.preset, small.iterations, small.bn_targets, small.lr) == ("small", 0, "running", 0.25)
+    kept = resolve_presets(RecoverConfig(method="hf_scdd", iterations=0), "cifar10", 32)
+    assert (kept.iterations, kept.bn_targets) == (0, "clean")  # only the unset fields come from the method
+    scdd = resolve_presets(RecoverConfig(), "cifar10", 32)
+    assert (scdd.init, scdd.iterations, scdd.lr, scdd.bn_targets) == ("noise", 1000, 0.4, "running")
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,11 @@ rerun skips it; a changed config in the same folder is refused.
 
 ``--method scdd`` (default) is SC-DD exactly: N(0, 1) noise refined against the model's running statistics.
 ``--method hf_scdd`` is this library's: real images chosen per class (``--selection kmeans`` medoids of the
-recovery model's features, :mod:`hf_scdd.synthesis.selection`), lightly refined: 100 Adam steps at lr 0.003
-towards BN statistics of clean training images (``--bn_targets clean``; heavier refinements trained worse
-students). Every field it sets can be given explicitly instead, e.g. ``--iterations 0`` to keep the medoids as
-they are. The output is a ``load_dataset``-ready folder
+recovery model's features, :mod:`hf_scdd.synthesis.selection`); on CIFAR-size data (presets cifar, tiny,
+imagenet) lightly refined: 100 Adam steps at lr 0.003 towards BN statistics of clean training images
+(``--bn_targets clean``), kept as they are on 28×28 grey data (preset small), where the refinement cost a point
+at IPC 50 (:data:`hf_scdd.synthesis.presets.METHOD_BY_PRESET`). Every field it sets can be given explicitly
+instead, e.g. ``--iterations 0`` to keep the medoids anywhere. The output is a ``load_dataset``-ready folder
 (:mod:`hf_scdd.formats.distilled_set`) with its card.
 """
 
@@ -64,8 +65,8 @@ class RecoverConfig(StageConfig):
     method: str = field(
         default="scdd",
         metadata={"help": "'scdd' (SC-DD exactly: noise init, the running statistics) or 'hf_scdd' (this library's: "
-                  "real images chosen by k-means on the model's features, 100 light steps towards clean-image BN "
-                  "statistics); sets the fields below when unset."},
+                  "real images chosen by k-means on the model's features; on CIFAR-size presets 100 light steps towards "
+                  "clean-image BN statistics); sets the fields below when unset."},
     )
     init: str | None = field(default=None, metadata={"help": "Starting images: 'noise' (SC-DD) or 'real'."})
     selection: str | None = field(
