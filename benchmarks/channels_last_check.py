@@ -7,7 +7,7 @@ memory layout although ``benchmarks/train_speed.py`` measures channels_last 1.1-
 Each trial is a fresh process that trains the library's ResNet-10 (width 4, 1×12×12 inputs, batch 5: the shape of
 the test suite's tiny students, whose last batches are small) for a few AdamW steps, with its weights in the
 default layout or in channels_last. The script prints how many trials of each setting died of a signal, with the
-torch version and the hardware line.
+hardware line (which names the torch version).
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    import torch
-
     print(f"# {hardware_line()}; {args.threads} threads, {args.trials} trials per layout")
     for channels_last in (False, True):
         crashes = sum(crashed(channels_last, args.threads) for _ in range(args.trials))

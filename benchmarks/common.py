@@ -146,6 +146,11 @@ def evaluate_command(setup: DatasetSetup, distilled: Path, out: Path, teacher: P
     )
 
 
+def mode_label(mode: str) -> str:
+    """A label mode as the reports name it: ``KD`` for online teacher labels, else the mode."""
+    return "KD" if mode == "online" else mode
+
+
 def unrefined_medoids(setup: DatasetSetup) -> dict[str, Any]:
     """The recover fields of ``--method hf_scdd`` before it refined its medoids on CIFAR-size presets (session 7):
     selection only. The benchmark folders made then recorded these values (lr and r_bn from the dataset preset,

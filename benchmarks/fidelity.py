@@ -31,9 +31,11 @@ import statistics
 import time
 from pathlib import Path
 
+from hf_scdd.synthesis.presets import LIGHT_REFINEMENT
+
 from common import (
     DATASETS, HERE, benchmark_setup, evaluate_command, hardware_line, read_results, run_all, stage_command,
-    supervised_dir, train_models, unrefined_medoids,
+    mode_label, supervised_dir, train_models, unrefined_medoids,
 )
 
 PARTS = ("models", "sets", "students", "table")
@@ -82,7 +84,7 @@ def set_specs(models: Path, setup) -> dict[str, dict]:
         # medoids, 100 Adam steps at lr 0.003 towards BN statistics measured on clean training images
         "hf_scdd_refined": dict(title="the same medoids + 100 steps at lr 0.003 to clean statistics (hf_scdd on CIFAR-size data)",
                                 backbone=models / "probe_mocov2",
-                                fields=dict(method="hf_scdd", iterations=100, lr=0.003, r_bn=0.01, bn_targets="clean"),
+                                fields=dict(method="hf_scdd", **LIGHT_REFINEMENT),
                                 prefix=False),
     }
 
@@ -137,7 +139,7 @@ def paired_lines(work: Path, ipcs: list[int], protocol: str, row: str = "hf_scdd
             diffs = [100 * (a[s]["final_top1"] - b[s]["final_top1"]) for s in sorted(set(a) & set(b))]
             if diffs:
                 std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-                lines.append(f"| {ipc} | {'KD' if mode == 'online' else mode} | {statistics.fmean(diffs):+.2f} ± "
+                lines.append(f"| {ipc} | {mode_label(mode)} | {statistics.fmean(diffs):+.2f} ± "
                              f"{std:.2f} | {len(diffs)} |")
     if not lines:
         return []

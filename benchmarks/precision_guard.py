@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 from common import DATASETS, HERE, evaluate_command, hardware_line, read_results, run_all, stage_command, \
-    start_benchmark, unrefined_medoids, write_report
+    mode_label, start_benchmark, unrefined_medoids, write_report
 
 PRECISIONS = ("no", "bf16")
 FLOOR = "no-seed1"
@@ -83,10 +83,6 @@ def parse_args() -> argparse.Namespace:
 def seeds_tag(seeds: list[int]) -> str:
     """``012`` for seeds 0 1 2: the suffix of folder, log and report names."""
     return "".join(map(str, seeds))
-
-
-def mode_label(mode: str) -> str:
-    return "KD" if mode == "online" else "hard"
 
 
 def method_fields(method: str, setup) -> dict:

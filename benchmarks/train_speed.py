@@ -1,6 +1,6 @@
 """Training-step speed, fp32 vs bf16, for the shapes squeeze and post-training run (issue 12's "epochs ≥ 2× faster
-where bf16 units exist"), in the default memory layout and with channels_last weights (faster, but not used by the library: it crashed
-torch 2.13's CPU build intermittently in multi-threaded training, see benchmarks/RESULTS.md).
+where bf16 units exist"), in the default memory layout and with channels_last weights (faster, but not used by the
+library: it crashed torch 2.13's CPU build in multi-threaded training, ``benchmarks/channels_last_check.py``).
 
     python benchmarks/train_speed.py                    # a few steps per shape, the four settings interleaved
     python benchmarks/train_speed.py --steps 20 --threads 2
@@ -9,9 +9,9 @@ One training step = forward + cross-entropy + backward + AdamW step of the libra
 under the library's own :class:`~hf_scdd.training.accelerator.Precision` (what ``--mixed_precision bf16|no`` runs:
 autocast for the forward, fp32 weights, optimiser and loss). That is the core of both a supervised squeeze step
 and a post-training student step (MoCo v2 adds a second, no-grad forward; KD a teacher forward). The four
-settings (fp32 / bf16 × default / channels_last weights) get
-their own copy of the model and alternate in blocks in one process, so load from other jobs falls on all alike;
-the ratios are reported per shape with the hardware line. Results also go to ``benchmarks/results/train_speed.json``.
+settings (fp32 / bf16 × default / channels_last weights) get their own copy of the model and alternate in blocks
+in one process, so load from other jobs falls on all alike; the ratios are reported per shape with the hardware
+line. Results also go to ``benchmarks/results/train_speed.json``.
 """
 
 from __future__ import annotations
