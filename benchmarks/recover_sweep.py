@@ -50,6 +50,14 @@ CANDIDATES: dict[str, dict] = {
                                 bn_targets="clean"),
     "kmeans_clean_crop_200": dict(init="real", selection="kmeans", iterations=200, lr=0.05, r_bn=0.01,
                                   bn_targets="clean", random_crop=True, crop_scale_min=0.5, crop_curriculum=True),
+    # How far the light refinement (kmeans_clean_100_lr003) should go, and which of its two terms does the work:
+    "kmeans_clean_200_lr003": dict(init="real", selection="kmeans", iterations=200, lr=0.003, r_bn=0.01,
+                                   bn_targets="clean"),
+    "kmeans_clean_400_lr003": dict(init="real", selection="kmeans", iterations=400, lr=0.003, r_bn=0.01,
+                                   bn_targets="clean"),
+    "kmeans_clean_100_lr003_bn01": dict(init="real", selection="kmeans", iterations=100, lr=0.003, r_bn=0.1,
+                                        bn_targets="clean"),
+    "kmeans_ce_100_lr003": dict(init="real", selection="kmeans", iterations=100, lr=0.003, r_bn=0.0),
 }
 
 
