@@ -96,6 +96,16 @@ def test_the_scdd_arm_label_modes_follow_the_main_ones_unless_given():
         PipelineConfig(label_modes=["online", "stored"], compare_label_modes=["stored"]).validate()
 
 
+def test_the_scdd_arm_is_planned_only_with_a_label_mode_to_evaluate_it(tmp_path):
+    from hf_scdd.pipeline import PipelineConfig, plan
+
+    def stages(**values) -> list[str]:
+        return [step.name for step in plan(PipelineConfig(output_dir=str(tmp_path), **values)).steps]
+
+    assert {"recover_scdd", "evaluate_scdd"} <= set(stages(label_modes=["online", "stored"]))
+    assert not {"recover_scdd", "evaluate_scdd"} & set(stages(label_modes=["stored"]))  # nothing would use it
+
+
 def test_rerun_skips_finished_stages(tiny_run):
     out, config_path, _ = tiny_run
     before = {p: p.stat().st_mtime_ns for p in (out / "distilled" / "data").glob("*.parquet")}

@@ -267,6 +267,15 @@ def test_recovery_option_refusals_write_nothing(assets, tmp_path, values, messag
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_a_selection_the_data_cannot_satisfy_leaves_a_folder_the_corrected_command_runs_in(assets, tmp_path):
+    out = tmp_path / "short"
+    with pytest.raises(ConfigError, match="fewer than --ipc 3"):  # 2 training images per class
+        run(assets, out, ipc=3, init="real", selection="random", iterations=0)
+    assert not out.exists() or not any(out.iterdir())  # no record to refuse the fix as "a different config"
+    fixed = run(assets, out, ipc=2, init="real", selection="random", iterations=0)
+    assert len(distilled_pixels(fixed)[1]) == 8
+
+
 def test_mosaics_tile_downscaled_images_in_interleaved_order():
     # 1 class, 4 chosen images -> 1 mosaic of 2 x 2 (per_side 2, IPC 1); then 8 -> 2 mosaics (IPC 2).
     images = torch.arange(8, dtype=torch.uint8).mul(30).view(1, 8, 1, 1, 1).expand(1, 8, 1, 6, 6).clone()

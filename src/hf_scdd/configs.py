@@ -11,7 +11,7 @@ before a stage reads or writes anything, and the pipeline validates every stage'
 Every stage writes its resolved config next to its output (:func:`record_config`) only once its work starts,
 and refuses to reuse an output folder that was made with a different config (:func:`check_config`): mixing two
 runs' outputs is how distilled sets silently go wrong. A run whose loss became NaN/inf leaves nothing to resume
-(:func:`discard_on_divergence`), so the corrected command runs in the same folder.
+(:func:`discard_on_failure`), so the corrected command runs in the same folder.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 __all__ = [
     "ConfigError", "DistilledSetFields", "PostTrainViewFields", "StageConfig", "check_config",
-    "check_or_write_config", "config_from_dict", "discard_on_divergence", "in_range", "load_yaml", "parse_config",
+    "check_or_write_config", "config_from_dict", "discard_on_failure", "in_range", "load_yaml", "parse_config",
     "record_config", "record_runtime", "save_config",
 ]
 
@@ -381,17 +381,22 @@ def check_or_write_config(
 
 
 @contextmanager
-def discard_on_divergence(folder: str | os.PathLike, *owned: str, config_name: str = "config.json") -> Iterator[None]:
-    """Run a stage's work; when its loss becomes NaN/inf (:class:`NonFiniteError`), remove its config record
-    and the working files it ``owned`` (names or glob patterns inside ``folder``) before re-raising.
+def discard_on_failure(
+    folder: str | os.PathLike, *owned: str, config_name: str = "config.json",
+    errors: tuple[type[BaseException], ...] = (NonFiniteError,),
+) -> Iterator[None]:
+    """Run a stage's work; when it raises one of ``errors`` (by default a NaN/inf loss, :class:`NonFiniteError`),
+    remove its config record and the working files it ``owned`` (names or glob patterns inside ``folder``)
+    before re-raising.
 
-    Such a run has nothing worth resuming (the same config diverges again at the same step), and its record
-    would refuse the corrected command as a "different config"; removing only what the stage itself writes
-    leaves the folder as the run found it.
+    Such a run has nothing worth resuming (the same config diverges again at the same step, and input that a
+    stage rejects before its first result is rejected again), and its record would refuse the corrected
+    command as a "different config"; removing only what the stage itself writes leaves the folder as the run
+    found it. Wrap only the part of a stage that cannot have finished any result when ``errors`` can be raised.
     """
     try:
         yield
-    except NonFiniteError:
+    except errors:
         for pattern in (config_name, *owned):
             for path in Path(folder).glob(pattern):
                 if path.is_dir():

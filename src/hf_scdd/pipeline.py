@@ -236,7 +236,11 @@ def plan(config: PipelineConfig, *, needs_probe: bool = True, image_size: int | 
     distilled = str(out / "distilled")
     steps.append(Step("recover", recover.main, stage_config(config, recover.RecoverConfig, "recover", values,
                                                             Path(distilled))))
-    compare = config.compare_scdd and config.method != "scdd"
+    scdd_modes = config.scdd_label_modes()
+    compare = config.compare_scdd and config.method != "scdd" and bool(scdd_modes)
+    if config.compare_scdd and config.method != "scdd" and not scdd_modes:
+        logger.warning("no SC-DD arm: it trains no stored-label students and --label_modes %s has no other mode",
+                       list(config.label_modes))
     if compare:  # the paper's configuration beside the distilled set
         steps.append(Step("recover_scdd", recover.main, stage_config(
             config, recover.RecoverConfig, "recover", {**values, "method": "scdd"}, out / "distilled_scdd")))
@@ -248,8 +252,7 @@ def plan(config: PipelineConfig, *, needs_probe: bool = True, image_size: int | 
     if "stored" in config.label_modes or config.push_to_hub:
         steps.append(Step("relabel", relabel.main, relabel_config(config, eval_cfg, num_classes or 1)))
     steps.append(Step("evaluate", evaluate.main, eval_cfg))
-    scdd_modes = config.scdd_label_modes()
-    if compare and scdd_modes:
+    if compare:
         steps.append(Step("evaluate_scdd", evaluate.main, dataclasses.replace(
             eval_cfg, distilled=str(out / "distilled_scdd"), random_baseline=False, full_data_baseline=False,
             label_modes=scdd_modes, save_student=False, output_dir=str(out / "evaluate_scdd"))))

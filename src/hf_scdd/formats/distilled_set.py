@@ -9,7 +9,7 @@ A distilled set is a folder that ``datasets.load_dataset(folder)`` reads and tha
     grid.png                           one row per class, one column per IPC index
     data/train-XXXXX-of-YYYYY.parquet  image (PNG/JPEG bytes), label (ClassLabel), ipc_index, unit_seed
     soft_labels/epoch_XXXX.safetensors optional, written by relabel (hf_scdd.formats.soft_labels)
-    units/, logs/                      working files (resumption, trackers); never uploaded
+    units/, inputs/, logs/             working files (resumption, recovery inputs, trackers); never uploaded
 
 Images are stored as encoded bytes built in memory, never as file paths (``to_parquet`` keeps paths
 otherwise). While recovery runs, each finished unit (one optimisation batch) is its own safetensors file in

@@ -19,7 +19,7 @@ from ..formats.distilled_set import DATA_DIR, SOFT_LABELS_DIR, WORKING_DIRS
 def push_distilled(folder: str | os.PathLike, repo_id: str, *, commit_message: str | None = None, **options) -> str:
     """Upload a distilled-set folder (card, shards, grid, config, ``soft_labels/``) to a Hub dataset repo.
 
-    Working folders (``units/``, ``logs/``, ``checkpoints/``) and hidden temp files stay local. Remote parquet
+    Working folders (``units/``, ``inputs/``, ``logs/``, ``checkpoints/``) and hidden temp files stay local. Remote parquet
     shards that the folder no longer has (a re-push with a different shard count) are deleted in the same
     commit, so the repo never mixes two runs' images; likewise remote ``soft_labels/`` files when the folder has
     ``soft_labels/`` (otherwise they are left alone, e.g. pushed by ``hf-scdd relabel``). ``options``:
@@ -41,7 +41,7 @@ def push_model_folder(folder: str | os.PathLike, repo_id: str, *, commit_message
     """Upload a saved model folder (backbone, probed teacher, student) to a Hub model repo exactly as it is.
 
     The folder is uploaded as it is, so it keeps the card the stage wrote (probe accuracy, evaluation
-    results). Working folders (``checkpoints/``, ``logs/``, ``units/``, ``tmp/``) and hidden or ``*.tmp*``
+    results). Working folders (``checkpoints/``, ``inputs/``, ``logs/``, ``units/``, ``tmp/``) and hidden or ``*.tmp*``
     files stay local. ``options``: ``revision`` and ``private``, as for :func:`upload_folder`. Returns the
     commit's URL.
     """

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..configs import (
-    Check, ConfigError, DistilledSetFields, PostTrainViewFields, StageConfig, check_config, discard_on_divergence,
+    Check, ConfigError, DistilledSetFields, PostTrainViewFields, StageConfig, check_config, discard_on_failure,
     in_range, record_config,
 )
 from ..data.loading import ImageData
@@ -150,7 +150,7 @@ def run_evaluation(
         record_config(config, output, runtime={"precision": precision.name, "data_source": data.source_kind})
     state.wait_for_everyone()
 
-    with discard_on_divergence(output, "runs"):
+    with discard_on_failure(output, "runs"):
         runs = train_groups(config, data, run_groups(config, data, images, labels, modes, teacher, store))
     table = aggregate(runs)
     report = {"config": config.to_dict(), "dataset": data.name, "test_size": len(data.source("test")),
@@ -205,6 +205,6 @@ def main(config: EvaluateConfig) -> dict[str, Any]:
     from accelerate import PartialState
 
     report = run_evaluation(config)
-    if PartialState().is_main_process:
+    if PartialState(cpu=use_cpu(config.cpu)).is_main_process:
         print(report_markdown(report, f"Evaluation of {config.distilled}"))
     return report

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..configs import Check, ConfigError, StageConfig, discard_on_divergence, in_range
+from ..configs import Check, ConfigError, StageConfig, discard_on_failure, in_range
 from ..data.sources import in_memory_max_bytes
 from ..data.tensors import normalize
 from ..errors import SqueezeError
@@ -119,7 +119,7 @@ def main(config: ProbeConfig) -> Path:
         return normalize(x, backbone.mean, backbone.std)
 
     set_seed(config.seed)
-    with discard_on_divergence(out, CHECKPOINT_DIR, "logs"):
+    with discard_on_failure(out, CHECKPOINT_DIR, "logs"):
         feats, targets = extract_features(
             accelerator, backbone, source, preprocess, config.feature_batch_size, precision=precision
         )

@@ -25,7 +25,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..configs import Check, StageConfig, check_or_write_config, discard_on_divergence, in_range
+from ..configs import Check, StageConfig, check_or_write_config, discard_on_failure, in_range
+from ..errors import ConfigError, DataError
 from ..formats.distilled_set import INPUTS_DIR, IMAGE_FORMATS, UNITS_DIR, gather_units, write_grid, write_shards
 from ..hub.cards import write_dataset_card
 from ..hub.push import push_distilled
@@ -175,9 +176,13 @@ def main(config: RecoverConfig) -> Path:
     )
     model = context.model.to(accelerator.device)
     observer = load_backbone(config.selection_model).to(accelerator.device) if config.selection_model else model
-    with discard_on_divergence(out, UNITS_DIR, INPUTS_DIR, "logs"):  # a diverged run keeps no (black) unit
-        targets, init_images = recovery_inputs(accelerator, config, model, context.data, out, observer=observer,
-                                               precision=precision)
+    with discard_on_failure(out, UNITS_DIR, INPUTS_DIR, "logs"):  # a diverged run keeps no (black) unit
+        # Input the selection rejects (a class with fewer images than IPC, ...) leaves no record behind that
+        # would refuse the corrected command; a folder with finished units keeps everything.
+        rejected = () if (out / UNITS_DIR).exists() else (ConfigError, DataError)
+        with discard_on_failure(out, INPUTS_DIR, "logs", errors=rejected):
+            targets, init_images = recovery_inputs(accelerator, config, model, context.data, out,
+                                                   observer=observer, precision=precision)
         spec = SynthesisSpec.from_config(config, context.channels, context.mean, context.std, targets=targets,
                                          init_images=init_images)
         recover_units(accelerator, model, make_groups(context.units, config.group_size), spec, out,

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..configs import (
-    Check, DistilledSetFields, PostTrainViewFields, StageConfig, check_config, discard_on_divergence, in_range,
+    Check, DistilledSetFields, PostTrainViewFields, StageConfig, check_config, discard_on_failure, in_range,
     record_config,
 )
 from ..errors import ConfigError, SoftLabelError
@@ -104,7 +104,7 @@ def relabel(
         record_config(config, labels_dir, CONFIG_FILE, runtime={"precision": "no"})
     state.wait_for_everyone()
     run = teacher_fn(teacher.to(state.device), getattr(teacher, "mean", None), getattr(teacher, "std", None))
-    with discard_on_divergence(labels_dir, "epoch_*.safetensors", COMPACT_FILE, config_name=CONFIG_FILE):
+    with discard_on_failure(labels_dir, "epoch_*.safetensors", COMPACT_FILE, config_name=CONFIG_FILE):
         write_soft_labels(state, images, run, fmt, labels_dir)
     state.wait_for_everyone()
     store = SoftLabelStore(labels_dir, num_images=len(images), num_classes=fmt.num_classes, images=images)

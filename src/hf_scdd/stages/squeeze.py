@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..configs import Check, ConfigError, StageConfig, discard_on_divergence, in_range
+from ..configs import Check, ConfigError, StageConfig, discard_on_failure, in_range
 from ..hub.push import push_model_folder
 from ..models.loading import BACKBONE_DIR
 from ..models.resnet import ARCHITECTURES, STEMS, plain_resnet, save_model_atomically
@@ -121,7 +121,7 @@ def main(config: SqueezeConfig) -> Path:
         )
 
     accelerator = begin_work(config, run_name, precision, data)
-    with discard_on_divergence(out, CHECKPOINT_DIR, "logs"):
+    with discard_on_failure(out, CHECKPOINT_DIR, "logs"):
         set_seed(config.seed)  # identical initialisation (and MoCo queue) on every process
         plan = (plan_mocov2 if config.method == "mocov2" else plan_supervised)(config, data, accelerator)
         optimizer = torch.optim.SGD(

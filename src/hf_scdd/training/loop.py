@@ -8,7 +8,7 @@ resumption from the newest checkpoint when the same command is rerun.
 
 Loaders come from :mod:`hf_scdd.training.loaders` (batches of uint8 images and labels from any
 :class:`~hf_scdd.data.sources.ImageSource`, on the device; the stage's ``step_fn`` augments them there with
-kornia) or, for data already in memory (probe features, post-training batch indices), :func:`index_loader`.
+kornia) or, for data already in memory (the probe's cached features), :func:`index_loader`.
 
 **Resumption is exact.** The shuffle order of an epoch is a function of ``(seed, epoch)``
 (:class:`~hf_scdd.training.loaders.EpochSampler`, or the re-seeded buffer of a stream), not the state of a
