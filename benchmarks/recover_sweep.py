@@ -58,6 +58,10 @@ CANDIDATES: dict[str, dict] = {
     "kmeans_clean_100_lr003_bn01": dict(init="real", selection="kmeans", iterations=100, lr=0.003, r_bn=0.1,
                                         bn_targets="clean"),
     "kmeans_ce_100_lr003": dict(init="real", selection="kmeans", iterations=100, lr=0.003, r_bn=0.0),
+    "kmeans_clean_200_lr01": dict(init="real", selection="kmeans", iterations=200, lr=0.01, r_bn=0.01,
+                                  bn_targets="clean"),
+    "kmeans_clean_100_lr03": dict(init="real", selection="kmeans", iterations=100, lr=0.03, r_bn=0.01,
+                                  bn_targets="clean"),
 }
 
 
