@@ -62,6 +62,8 @@ CANDIDATES: dict[str, dict] = {
                                   bn_targets="clean"),
     "kmeans_clean_100_lr03": dict(init="real", selection="kmeans", iterations=100, lr=0.03, r_bn=0.01,
                                   bn_targets="clean"),
+    "kmeans_clean_400_lr01": dict(init="real", selection="kmeans", iterations=400, lr=0.01, r_bn=0.01,
+                                  bn_targets="clean"),
 }
 
 
