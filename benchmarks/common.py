@@ -151,6 +151,11 @@ def mode_label(mode: str) -> str:
     return "KD" if mode == "online" else mode
 
 
+FIRST_LIGHT_REFINEMENT: dict[str, Any] = dict(method="hf_scdd", iterations=100, lr=0.003, r_bn=0.01, bn_targets="clean")
+"""The recover fields of ``--method hf_scdd`` on CIFAR-size presets in session 7 (the sweep's
+kmeans_clean_100_lr003), before the session-8 sweep chose a longer refinement: pinned for the folders made then."""
+
+
 def unrefined_medoids(setup: DatasetSetup) -> dict[str, Any]:
     """The recover fields of ``--method hf_scdd`` before it refined its medoids on CIFAR-size presets (session 7):
     selection only. The benchmark folders made then recorded these values (lr and r_bn from the dataset preset,

@@ -11,8 +11,11 @@ Rows, each named by the recover config it ran (all on the same dataset, students
 * **SRe²L, probe head**: the supervised backbone of the same architecture and budget + the same kind of probe,
   the same recover settings (the head is the only other difference from SC-DD, so the comparison is fair);
 * **SRe²L, end-to-end head**: the supervised model as trained (SRe²L's own recovery model);
-* **hf_scdd**: the library's method on the SSL recovery model (``--method hf_scdd``: real images chosen by
-  k-means on the SSL features, kept unrefined);
+* **hf_scdd**: the library's method on the SSL recovery model as it runs on 28×28 grey data (``--method
+  hf_scdd`` there: real images chosen by k-means on the SSL features, kept unrefined);
+* **hf_scdd_cifar**: the same medoids refined as ``--method hf_scdd`` does on CIFAR-size data
+  (``synthesis.presets.LIGHT_REFINEMENT``: Adam steps towards BN statistics of clean training images), and
+  **hf_scdd_refined**, session 7's shorter refinement, kept for the paired comparisons below the table;
 * **random real subset** (a new draw per seed) and the **full training set**, trained the same way.
 
 Students follow the library's protocol (``hf-scdd evaluate`` defaults: a budget of optimiser steps, pad-crop +
@@ -34,8 +37,8 @@ from pathlib import Path
 from hf_scdd.synthesis.presets import LIGHT_REFINEMENT
 
 from common import (
-    DATASETS, HERE, benchmark_setup, evaluate_command, hardware_line, read_results, run_all, stage_command,
-    mode_label, supervised_dir, train_models, unrefined_medoids,
+    DATASETS, FIRST_LIGHT_REFINEMENT, HERE, benchmark_setup, evaluate_command, hardware_line, read_results, run_all,
+    stage_command, mode_label, supervised_dir, train_models, unrefined_medoids,
 )
 
 PARTS = ("models", "sets", "students", "table")
@@ -45,8 +48,10 @@ PARTS = ("models", "sets", "students", "table")
 # evaluation folders and table.
 PROTOCOLS: dict[str, dict] = {"pad": {}, "rrc": dict(crop="rrc", crop_scale_min=0.25)}
 PROTOCOL_TEXT = {"pad": "pad-crop (4 px)", "rrc": "RandomResizedCrop (area 0.25-1)"}
-ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_refined")
+ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_refined", "hf_scdd_cifar")
 MODES = ["hard", "online"]
+# Paired sections of the table (row − base per student seed): what each refinement adds to its medoids
+PAIRS = (("hf_scdd_refined", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd_refined"))
 
 
 def parse_args() -> argparse.Namespace:
@@ -80,12 +85,15 @@ def set_specs(models: Path, setup) -> dict[str, dict]:
                           backbone=supervised_dir(setup, models), fields=dict(method="scdd"), prefix=True),
         "hf_scdd": dict(title="k-means medoids of MoCo v2 + probe features, unrefined (hf_scdd on 28×28 grey data)",
                         backbone=models / "probe_mocov2", fields=unrefined_medoids(setup), prefix=False),
-        # --method hf_scdd on CIFAR-size presets since session 7 (the sweep's kmeans_clean_100_lr003): the same
-        # medoids, 100 Adam steps at lr 0.003 towards BN statistics measured on clean training images
-        "hf_scdd_refined": dict(title="the same medoids + 100 steps at lr 0.003 to clean statistics (hf_scdd on CIFAR-size data)",
-                                backbone=models / "probe_mocov2",
-                                fields=dict(method="hf_scdd", **LIGHT_REFINEMENT),
-                                prefix=False),
+        # --method hf_scdd on CIFAR-size presets in session 7 (the sweep's kmeans_clean_100_lr003)
+        "hf_scdd_refined": dict(title="the same medoids + 100 steps at lr 0.003 to clean statistics (hf_scdd on "
+                                      "CIFAR-size data in session 7)",
+                                backbone=models / "probe_mocov2", fields=FIRST_LIGHT_REFINEMENT, prefix=False),
+        # --method hf_scdd on CIFAR-size presets since session 8 (the CIFAR-10 sweep's best): the library's set
+        "hf_scdd_cifar": dict(title=f"the same medoids + {LIGHT_REFINEMENT['iterations']} steps at lr "
+                                    f"{LIGHT_REFINEMENT['lr']} to clean statistics (hf_scdd on CIFAR-size data)",
+                              backbone=models / "probe_mocov2", fields=dict(method="hf_scdd", **LIGHT_REFINEMENT),
+                              prefix=False),
     }
 
 
@@ -128,7 +136,7 @@ def best_evaluation(work: Path, name: str, ipc: int, protocol: str = "pad") -> d
     return {**merged, "results": aggregate({k: [v[s] for s in sorted(v)] for k, v in runs.items()})}
 
 
-def paired_lines(work: Path, ipcs: list[int], protocol: str, row: str = "hf_scdd_refined", base: str = "hf_scdd") -> list[str]:
+def paired_lines(work: Path, ipcs: list[int], protocol: str, row: str, base: str) -> list[str]:
     """``row − base`` per student seed they share (the same seed trains both: paired), mean ± std per IPC and
     label mode: the do-no-harm check of a refinement against the images it starts from."""
     lines = []
@@ -245,7 +253,8 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
         data.setdefault("teacher_top1", base.get("teacher_top1"))
         for warning in base.get("checks", []):
             lines.append(f"\n**Protocol check failed at IPC {ipc}:** {warning}")
-    lines += paired_lines(work, args.ipcs, args.protocol)
+    for row, base in PAIRS:
+        lines += paired_lines(work, args.ipcs, args.protocol, row, base)
     lines += ["", f"Teacher (supervised {teacher['arch']} width {teacher['width']}) test top-1: "
               f"{100 * data['teacher_top1']:.2f} %." if data.get("teacher_top1") else ""]
     return "\n".join(lines) + "\n", data

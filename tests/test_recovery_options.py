@@ -239,7 +239,7 @@ def test_hf_scdd_refines_lightly_on_cifar_size_presets_and_explicit_fields_still
 
     cifar = resolve_presets(RecoverConfig(method="hf_scdd"), "cifar10", 32)
     assert (cifar.preset, cifar.init, cifar.selection) == ("cifar", "real", "kmeans")
-    assert (cifar.iterations, cifar.lr, cifar.r_bn, cifar.bn_targets) == (100, 0.003, 0.01, "clean")
+    assert (cifar.iterations, cifar.lr, cifar.r_bn, cifar.bn_targets) == (100, 0.03, 0.01, "clean")
     small = resolve_presets(RecoverConfig(method="hf_scdd"), "fashion_mnist", 28)
     assert (small.preset, small.iterations, small.bn_targets, small.lr) == ("small", 0, "running", 0.25)
     kept = resolve_presets(RecoverConfig(method="hf_scdd", iterations=0), "cifar10", 32)

@@ -42,7 +42,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "hf_scdd": dict(init="real", selection="kmeans", bn_targets="running", class_bn_weight=0.0, crop_curriculum=False,
                     iterations=0),
 }
-LIGHT_REFINEMENT: dict[str, Any] = dict(iterations=100, lr=0.003, r_bn=0.01, bn_targets="clean")
+LIGHT_REFINEMENT: dict[str, Any] = dict(iterations=100, lr=0.03, r_bn=0.01, bn_targets="clean")
 METHOD_BY_PRESET: dict[tuple[str, str], dict[str, Any]] = {
     ("hf_scdd", preset): LIGHT_REFINEMENT for preset in ("cifar", "tiny", "imagenet")
 }
