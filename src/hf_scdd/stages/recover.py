@@ -12,7 +12,7 @@ rerun skips it; a changed config in the same folder is refused.
 ``--method scdd`` (default) is SC-DD exactly: N(0, 1) noise refined against the model's running statistics.
 ``--method hf_scdd`` is this library's: real images chosen per class (``--selection kmeans`` medoids of the
 recovery model's features, :mod:`hf_scdd.synthesis.selection`); on CIFAR-size data (presets cifar, tiny,
-imagenet) lightly refined: 100 Adam steps at lr 0.003 towards BN statistics of clean training images
+imagenet) lightly refined: 100 Adam steps at lr 0.03 towards BN statistics of clean training images
 (``--bn_targets clean``), kept as they are on 28×28 grey data (preset small), where the refinement cost a point
 at IPC 50 (:data:`hf_scdd.synthesis.presets.METHOD_BY_PRESET`). Every field it sets can be given explicitly
 instead, e.g. ``--iterations 0`` to keep the medoids anywhere. The output is a ``load_dataset``-ready folder
