@@ -23,6 +23,12 @@ from common import (
     write_report,
 )
 
+
+def refined(iterations: int, lr: float, r_bn: float = 0.01) -> dict:
+    """The k-means medoids refined for ``iterations`` Adam steps at ``lr`` towards clean-image BN statistics."""
+    return dict(init="real", selection="kmeans", iterations=iterations, lr=lr, r_bn=r_bn, bn_targets="clean")
+
+
 # name -> recover fields (besides backbone, dataset, ipc, seed). "scdd" is the paper's configuration. A value
 # "@name" is the benchmark's model folder of that name (e.g. the supervised teacher as the selection observer).
 CANDIDATES: dict[str, dict] = {
@@ -51,19 +57,10 @@ CANDIDATES: dict[str, dict] = {
     "kmeans_clean_crop_200": dict(init="real", selection="kmeans", iterations=200, lr=0.05, r_bn=0.01,
                                   bn_targets="clean", random_crop=True, crop_scale_min=0.5, crop_curriculum=True),
     # How far the light refinement (kmeans_clean_100_lr003) should go, and which of its two terms does the work:
-    "kmeans_clean_200_lr003": dict(init="real", selection="kmeans", iterations=200, lr=0.003, r_bn=0.01,
-                                   bn_targets="clean"),
-    "kmeans_clean_400_lr003": dict(init="real", selection="kmeans", iterations=400, lr=0.003, r_bn=0.01,
-                                   bn_targets="clean"),
-    "kmeans_clean_100_lr003_bn01": dict(init="real", selection="kmeans", iterations=100, lr=0.003, r_bn=0.1,
-                                        bn_targets="clean"),
+    **{f"kmeans_clean_{steps}_{tag}": refined(steps, lr) for steps, lr, tag in (
+        (200, 0.003, "lr003"), (400, 0.003, "lr003"), (200, 0.01, "lr01"), (400, 0.01, "lr01"), (100, 0.03, "lr03"))},
+    "kmeans_clean_100_lr003_bn01": refined(100, 0.003, r_bn=0.1),
     "kmeans_ce_100_lr003": dict(init="real", selection="kmeans", iterations=100, lr=0.003, r_bn=0.0),
-    "kmeans_clean_200_lr01": dict(init="real", selection="kmeans", iterations=200, lr=0.01, r_bn=0.01,
-                                  bn_targets="clean"),
-    "kmeans_clean_100_lr03": dict(init="real", selection="kmeans", iterations=100, lr=0.03, r_bn=0.01,
-                                  bn_targets="clean"),
-    "kmeans_clean_400_lr01": dict(init="real", selection="kmeans", iterations=400, lr=0.01, r_bn=0.01,
-                                  bn_targets="clean"),
 }
 
 
