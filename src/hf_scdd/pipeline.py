@@ -237,8 +237,9 @@ def plan(config: PipelineConfig, *, needs_probe: bool = True, image_size: int | 
     steps.append(Step("recover", recover.main, stage_config(config, recover.RecoverConfig, "recover", values,
                                                             Path(distilled))))
     scdd_modes = config.scdd_label_modes()
-    compare = config.compare_scdd and config.method != "scdd" and bool(scdd_modes)
-    if config.compare_scdd and config.method != "scdd" and not scdd_modes:
+    wants_scdd = config.compare_scdd and config.method != "scdd"
+    compare = wants_scdd and bool(scdd_modes)
+    if wants_scdd and not scdd_modes:
         logger.warning("no SC-DD arm: it trains no stored-label students and --label_modes %s has no other mode",
                        list(config.label_modes))
     if compare:  # the paper's configuration beside the distilled set
