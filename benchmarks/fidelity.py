@@ -50,6 +50,7 @@ PROTOCOLS: dict[str, dict] = {"pad": {}, "rrc": dict(crop="rrc", crop_scale_min=
 PROTOCOL_TEXT = {"pad": "pad-crop (4 px)", "rrc": "RandomResizedCrop (area 0.25-1)"}
 ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_refined", "hf_scdd_cifar")
 MODES = ["hard", "online"]
+DEFAULT_STEPS = 3000  # evaluate's default budget: its folders and table keep the plain names
 # Paired sections of the table (row − base per student seed): what each refinement adds to its medoids
 PAIRS = (("hf_scdd_refined", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd_refined"))
 
@@ -63,7 +64,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS),
                    help="distilled-set rows to recover and evaluate (the random and full-data baselines ride with "
                         "hf_scdd); the table shows, per row, the evaluation with the most seeds")
-    p.add_argument("--steps", type=int, default=3000, help="student optimiser steps (the protocol's budget)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                   help="student optimiser steps (the protocol's budget); another budget than evaluate's default "
+                        "has its own folders and table (e.g. evaluate-6000steps/, fashion_mnist-6000steps.md)")
+    p.add_argument("--label_modes", nargs="+", default=MODES, choices=MODES,
+                   help="student label modes (a longer budget can run the KD students alone; the table shows – "
+                        "for the other)")
     p.add_argument("--protocol", default="pad", choices=list(PROTOCOLS),
                    help="student augmentation: pad (evaluate's default) or rrc; each has its own folders and table")
     p.add_argument("--full_data", action=argparse.BooleanOptionalAction, default=True,
@@ -71,7 +77,9 @@ def parse_args() -> argparse.Namespace:
                         "skip it, e.g. for extra seeds when one full-data seed is all the budget allows)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--root", default=str(HERE / "results"))
-    return p.parse_args()
+    args = p.parse_args()
+    args.variant = variant(args.protocol, args.steps)
+    return args
 
 
 def set_specs(models: Path, setup) -> dict[str, dict]:
@@ -101,14 +109,28 @@ def distilled_dir(work: Path, name: str, ipc: int) -> Path:
     return work / "sets" / f"{name}-ipc{ipc}"
 
 
+def variant(protocol: str, steps: int) -> str:
+    """The name of one student protocol: its augmentation, plus its budget when that is not evaluate's default
+    (``pad``, ``rrc``, ``pad-6000steps``): students of different protocols never share a folder."""
+    return protocol if steps == DEFAULT_STEPS else f"{protocol}-{steps}steps"
+
+
+def suffix(name: str) -> str:
+    """The file-name suffix of a protocol variant: none for the default (pad, evaluate's budget)."""
+    return "" if name == "pad" else "-" + name.removeprefix("pad-")
+
+
 def evaluations(work: Path, protocol: str) -> Path:
-    """The folder of one protocol's evaluations (``evaluate/`` for the default, ``evaluate-<protocol>/``)."""
-    return work / ("evaluate" if protocol == "pad" else f"evaluate-{protocol}")
+    """The folder of one protocol variant's evaluations (``evaluate/`` for the default, ``evaluate-<variant>/``)."""
+    return work / f"evaluate{suffix(protocol)}"
 
 
-def evaluation_dir(work: Path, name: str, ipc: int, seeds: list[int], protocol: str = "pad") -> Path:
-    """One evaluation folder per (row, IPC, seeds): a row evaluated with fewer seeds first keeps its folder."""
-    return evaluations(work, protocol) / f"{name}-ipc{ipc}-seeds{''.join(map(str, seeds))}"
+def evaluation_dir(work: Path, name: str, ipc: int, seeds: list[int], protocol: str = "pad",
+                   modes: list[str] = MODES) -> Path:
+    """One evaluation folder per (row, IPC, seeds, label modes): a row evaluated with fewer seeds or modes first
+    keeps its folder, and the table merges them by seed."""
+    only = "" if sorted(modes) == sorted(MODES) else "-" + "-".join(modes)
+    return evaluations(work, protocol) / f"{name}-ipc{ipc}-seeds{''.join(map(str, seeds))}{only}"
 
 
 def runs_by_seed(work: Path, name: str, ipc: int, protocol: str = "pad") -> tuple[list[dict], dict[str, dict[int, dict]]]:
@@ -195,10 +217,10 @@ def student_commands(args, setup, models: Path, work: Path) -> list[tuple[str, l
     for name in chosen_specs(args, models, setup):
         for ipc in args.ipcs:
             baseline = name == "hf_scdd"
-            commands.append((f"evaluate_{name}_ipc{ipc}_seeds{''.join(map(str, args.seeds))}", evaluate_command(
-                setup, distilled_dir(work, name, ipc), evaluation_dir(work, name, ipc, args.seeds, args.protocol), models / "teacher",
-                modes=MODES, seeds=args.seeds, steps=args.steps, random_baseline=baseline,
-                full_data_baseline=str(baseline and args.full_data and ipc == min(args.ipcs)).lower(), **PROTOCOLS[args.protocol])))
+            out = evaluation_dir(work, name, ipc, args.seeds, args.variant, args.label_modes)
+            commands.append((f"evaluate_{out.name}", evaluate_command(
+                setup, distilled_dir(work, name, ipc), out, models / "teacher", modes=args.label_modes,
+                seeds=args.seeds, steps=args.steps, random_baseline=baseline, full_data_baseline=str(baseline and args.full_data and ipc == min(args.ipcs)).lower(), **PROTOCOLS[args.protocol])))
     return commands
 
 
@@ -236,10 +258,10 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
     ]
     data: dict = {"rows": []}
     for ipc in args.ipcs:
-        base = best_evaluation(work, "hf_scdd", ipc, args.protocol) or {"results": {}}
+        base = best_evaluation(work, "hf_scdd", ipc, args.variant) or {"results": {}}
         random_hard, random_kd = cell(base["results"].get("random/hard")), cell(base["results"].get("random/online"))
         for name, spec in specs.items():
-            results = (best_evaluation(work, name, ipc, args.protocol) or {"results": {}})["results"]
+            results = (best_evaluation(work, name, ipc, args.variant) or {"results": {}})["results"]
             hard, kd = cell(results.get("distilled/hard")), cell(results.get("distilled/online"))
             lines.append(f"| {ipc} | {spec['title']} | {hard[0]} | {kd[0]} | {gap(hard, random_hard)} | "
                          f"{gap(kd, random_kd)} |")
@@ -254,7 +276,7 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
         for warning in base.get("checks", []):
             lines.append(f"\n**Protocol check failed at IPC {ipc}:** {warning}")
     for row, base in PAIRS:
-        lines += paired_lines(work, args.ipcs, args.protocol, row, base)
+        lines += paired_lines(work, args.ipcs, args.variant, row, base)
     lines += ["", f"Teacher (supervised {teacher['arch']} width {teacher['width']}) test top-1: "
               f"{100 * data['teacher_top1']:.2f} %." if data.get("teacher_top1") else ""]
     return "\n".join(lines) + "\n", data
@@ -275,12 +297,12 @@ def main() -> None:
             run_all(recover_commands(args, setup, models, work), work / "logs", workers=args.workers)
             write_prefix_sets(args, setup, models, work)
         elif part == "students":
-            logs = work / ("logs" if args.protocol == "pad" else f"logs-{args.protocol}")  # same command names
+            logs = work / f"logs{suffix(args.variant)}"  # the same command names in every variant
             run_all(student_commands(args, setup, models, work), logs, workers=args.workers)
         else:
             text, data = table(args, setup, models, work)
             out = Path(args.root) / "fidelity"
-            stem = args.dataset if args.protocol == "pad" else f"{args.dataset}-{args.protocol}"
+            stem = f"{args.dataset}{suffix(args.variant)}"
             (out / f"{stem}.md").write_text(text)
             (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), **data}, indent=2))
             print(text)
