@@ -24,6 +24,11 @@ seeds, final top-1 on the full test split. The noise-initialised IPC-10 sets are
 their IPC-50 sets (units are seeded by (seed, ipc, chunk): the same images an IPC-10 run makes). Everything is
 an ``hf-scdd`` stage in its own folder under ``benchmarks/results/fidelity/<dataset>/``, run two single-threaded
 processes at a time; a rerun skips what is finished. Writes ``benchmarks/results/fidelity/<dataset>.{md,json}``.
+
+Other student protocols keep their own folders and table: ``--protocol rrc`` (RandomResizedCrop) and any
+``--steps`` other than evaluate's default budget, e.g. ``--steps 6000 --label_modes online`` (KD students at
+twice the budget: ``evaluate-6000steps/``, ``<dataset>-6000steps.md``), which tests whether the default budget
+has converged.
 """
 
 from __future__ import annotations
