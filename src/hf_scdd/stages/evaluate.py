@@ -55,7 +55,7 @@ class EvaluateConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
     steps: int = field(
         default=3000,
         metadata={"help": "Optimiser steps of every student (rounded up to whole epochs): the same budget for "
-                  "every set size, enough for IPC 10 and 50 to converge (see the curves)."},
+                  "every set size. KD students still gain from longer budgets: compare sets at one budget."},
     )
     epochs: int | None = field(
         default=None, metadata={"help": "Epochs instead of --steps (SC-DD's schedules: 300 ImageNet, 200 CIFAR)."}

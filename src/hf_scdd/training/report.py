@@ -132,7 +132,8 @@ def markdown_report(
 
 
 def plot_curves(runs: dict[str, list[dict]], path: Path) -> None:
-    """Mean test top-1 against optimiser steps for every run group: flat ends mean converged students."""
+    """Mean test top-1 against optimiser steps for every run group. A cosine schedule flattens every curve at its
+    end, so a flat end is not convergence: a run with twice the budget tells (benchmarks/budget.py)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, results in runs.items():
