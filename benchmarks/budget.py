@@ -7,7 +7,7 @@ A cosine schedule flattens every training curve at its end, so a flat curve does
 converged; training the same students with twice the budget does. This script reads every budget variant of the
 fidelity benchmark's evaluations (``evaluate/`` at evaluate's default budget, ``evaluate-<N>steps/``) and, per IPC
 and label mode, reports the row's and the random subset's mean ± std over seeds, their gap, and the gap paired by
-student seed (the same seed trains both). Writes ``benchmarks/results/fidelity/<dataset>_budget.{md,png}``.
+student seed (the same seed trains both). Writes ``benchmarks/results/fidelity/<dataset>_budget_<row>.{md,png}``.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main() -> None:
         + ", ".join(f"evaluate{suffix(variant('pad', s))}/" for s in sorted({s for _, s in results})) + ".", "",
         *table_lines(results, args.row), "",
     ])
-    out = Path(args.root) / "fidelity" / f"{args.dataset}_budget"
+    out = Path(args.root) / "fidelity" / f"{args.dataset}_budget_{args.row}"
     out.with_suffix(".md").write_text(text)
     plot(results, sorted({i for i, _ in results}), args.row, out.with_suffix(".png"))
     print(text)
