@@ -222,10 +222,12 @@ def student_commands(args, setup, models: Path, work: Path) -> list[tuple[str, l
     for name in chosen_specs(args, models, setup):
         for ipc in args.ipcs:
             baseline = name == "hf_scdd"
+            full_data = baseline and args.full_data and ipc == min(args.ipcs)
             out = evaluation_dir(work, name, ipc, args.seeds, args.variant, args.label_modes)
             commands.append((f"evaluate_{out.name}", evaluate_command(
                 setup, distilled_dir(work, name, ipc), out, models / "teacher", modes=args.label_modes,
-                seeds=args.seeds, steps=args.steps, random_baseline=baseline, full_data_baseline=str(baseline and args.full_data and ipc == min(args.ipcs)).lower(), **PROTOCOLS[args.protocol])))
+                seeds=args.seeds, steps=args.steps, random_baseline=baseline, full_data_baseline=str(full_data).lower(),
+                **PROTOCOLS[args.protocol])))
     return commands
 
 
