@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from common import HERE, hardware_line, mode_label
-from fidelity import DEFAULT_STEPS, MODES, runs_by_seed, suffix, variant
+from fidelity import DEFAULT_STEPS, MODES, gap, protocol_suffix, runs_by_seed
 
 from hf_scdd.training.report import mean_std, pyplot, save_figure
 
@@ -48,8 +48,8 @@ def finals(runs: dict[str, dict[int, dict]], key: str) -> dict[int, float]:
 
 def measure(work: Path, row: str, ipc: int, steps: int) -> dict[str, dict]:
     """Per label mode at one budget: the row's and the random subset's seeds, and their paired gaps."""
-    name = variant("pad", steps)
-    ours, base = runs_by_seed(work, row, ipc, name)[1], runs_by_seed(work, "hf_scdd", ipc, name)[1]
+    variant = protocol_suffix("pad", steps)
+    ours, base = runs_by_seed(work, row, ipc, variant)[1], runs_by_seed(work, "hf_scdd", ipc, variant)[1]
     out = {}
     for mode in MODES:
         a, b = finals(ours, f"distilled/{mode}"), finals(base, f"random/{mode}")
@@ -66,10 +66,9 @@ def table_lines(results: dict[tuple[int, int], dict], row: str) -> list[str]:
     for (ipc, steps), by_mode in sorted(results.items()):
         for mode, r in by_mode.items():
             (m, s), (rm, rs) = r["row"], r["random"]
-            clear = " **" if abs(m - rm) > 2 * max(s, rs) and s > 0 and rs > 0 else ""
             paired = f"{r['paired'][0]:+.2f} ± {r['paired'][1]:.2f}" if r["paired"] else "–"
             lines.append(f"| {ipc} | {mode_label(mode)} | {steps} | {m:.2f} ± {s:.2f} | {rm:.2f} ± {rs:.2f} | "
-                         f"{m - rm:+.2f}{clear} | {paired} | {r['seeds']} / {r['random_seeds']} |")
+                         f"{gap(('', m, s), ('', rm, rs))} | {paired} | {r['seeds']} / {r['random_seeds']} |")
     return lines
 
 
@@ -110,7 +109,7 @@ def main() -> None:
         f"# Student budget on {args.dataset}: {args.row} vs the random real subset", "",
         f"Machine: {hardware_line()}. Final top-1 (%), mean ± std over student seeds (seeds: row / random); "
         "paired gap: row − random per shared seed. `**`: the gap exceeds two seed stds of both cells. Folders: "
-        + ", ".join(f"evaluate{suffix(variant('pad', s))}/" for s in sorted({s for _, s in results})) + ".", "",
+        + ", ".join(f"evaluate{protocol_suffix('pad', s)}/" for s in sorted({s for _, s in results})) + ".", "",
         *table_lines(results, args.row), "",
     ])
     out = Path(args.root) / "fidelity" / f"{args.dataset}_budget_{args.row}"

@@ -34,11 +34,13 @@ has converged.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
 from pathlib import Path
 
+from hf_scdd.stages.evaluate import EvaluateConfig
 from hf_scdd.synthesis.presets import LIGHT_REFINEMENT
 
 from common import (
@@ -55,7 +57,8 @@ PROTOCOLS: dict[str, dict] = {"pad": {}, "rrc": dict(crop="rrc", crop_scale_min=
 PROTOCOL_TEXT = {"pad": "pad-crop (4 px)", "rrc": "RandomResizedCrop (area 0.25-1)"}
 ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_refined", "hf_scdd_cifar")
 MODES = ["hard", "online"]
-DEFAULT_STEPS = 3000  # evaluate's default budget: its folders and table keep the plain names
+# evaluate's default budget: its folders and table keep the plain names
+DEFAULT_STEPS: int = next(f.default for f in dataclasses.fields(EvaluateConfig) if f.name == "steps")
 # Paired sections of the table (row − base per student seed): what each refinement adds to its medoids
 PAIRS = (("hf_scdd_refined", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd_refined"))
 
@@ -83,7 +86,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--root", default=str(HERE / "results"))
     args = p.parse_args()
-    args.variant = variant(args.protocol, args.steps)
+    args.variant = protocol_suffix(args.protocol, args.steps)
     return args
 
 
@@ -114,34 +117,31 @@ def distilled_dir(work: Path, name: str, ipc: int) -> Path:
     return work / "sets" / f"{name}-ipc{ipc}"
 
 
-def variant(protocol: str, steps: int) -> str:
-    """The name of one student protocol: its augmentation, plus its budget when that is not evaluate's default
-    (``pad``, ``rrc``, ``pad-6000steps``): students of different protocols never share a folder."""
-    return protocol if steps == DEFAULT_STEPS else f"{protocol}-{steps}steps"
+def protocol_suffix(protocol: str, steps: int) -> str:
+    """The folder and file-name suffix of one student protocol: its augmentation unless it is the default pad-crop,
+    its budget unless it is evaluate's default (``""``, ``-rrc``, ``-6000steps``, ``-rrc-6000steps``), so
+    students of different protocols never share a folder."""
+    parts = ([] if protocol == "pad" else [protocol]) + ([] if steps == DEFAULT_STEPS else [f"{steps}steps"])
+    return "".join(f"-{part}" for part in parts)
 
 
-def suffix(name: str) -> str:
-    """The file-name suffix of a protocol variant: none for the default (pad, evaluate's budget)."""
-    return "" if name == "pad" else "-" + name.removeprefix("pad-")
+def evaluations(work: Path, variant: str) -> Path:
+    """The folder of one protocol's evaluations (``evaluate/`` for the default, ``evaluate<suffix>/``)."""
+    return work / f"evaluate{variant}"
 
 
-def evaluations(work: Path, protocol: str) -> Path:
-    """The folder of one protocol variant's evaluations (``evaluate/`` for the default, ``evaluate-<variant>/``)."""
-    return work / f"evaluate{suffix(protocol)}"
-
-
-def evaluation_dir(work: Path, name: str, ipc: int, seeds: list[int], protocol: str = "pad",
+def evaluation_dir(work: Path, name: str, ipc: int, seeds: list[int], variant: str = "",
                    modes: list[str] = MODES) -> Path:
     """One evaluation folder per (row, IPC, seeds, label modes): a row evaluated with fewer seeds or modes first
     keeps its folder, and the table merges them by seed."""
     only = "" if sorted(modes) == sorted(MODES) else "-" + "-".join(modes)
-    return evaluations(work, protocol) / f"{name}-ipc{ipc}-seeds{''.join(map(str, seeds))}{only}"
+    return evaluations(work, variant) / f"{name}-ipc{ipc}-seeds{''.join(map(str, seeds))}{only}"
 
 
-def runs_by_seed(work: Path, name: str, ipc: int, protocol: str = "pad") -> tuple[list[dict], dict[str, dict[int, dict]]]:
+def runs_by_seed(work: Path, name: str, ipc: int, variant: str = "") -> tuple[list[dict], dict[str, dict[int, dict]]]:
     """Every finished evaluation report of (row, IPC), and its runs by result key and student seed (the first
     folder holding a seed wins: a seed is never counted twice)."""
-    found = [read_results(p) for p in sorted(evaluations(work, protocol).glob(f"{name}-ipc{ipc}-seeds*"))
+    found = [read_results(p) for p in sorted(evaluations(work, variant).glob(f"{name}-ipc{ipc}-seeds*"))
              if (p / "results.json").exists()]
     runs: dict[str, dict[int, dict]] = {}
     for report in found:
@@ -151,24 +151,24 @@ def runs_by_seed(work: Path, name: str, ipc: int, protocol: str = "pad") -> tupl
     return found, runs
 
 
-def best_evaluation(work: Path, name: str, ipc: int, protocol: str = "pad") -> dict | None:
+def best_evaluation(work: Path, name: str, ipc: int, variant: str = "") -> dict | None:
     """Every finished evaluation of (row, IPC) merged: the runs of distinct seeds from all its folders (a row
     first evaluated with seed 0, then with seeds 1 2, counts as three seeds), aggregated again; None if none."""
     from hf_scdd.training.report import aggregate
 
-    found, runs = runs_by_seed(work, name, ipc, protocol)
+    found, runs = runs_by_seed(work, name, ipc, variant)
     if not found:
         return None
     merged = max(found, key=lambda r: len(r["config"]["seeds"]))
     return {**merged, "results": aggregate({k: [v[s] for s in sorted(v)] for k, v in runs.items()})}
 
 
-def paired_lines(work: Path, ipcs: list[int], protocol: str, row: str, base: str) -> list[str]:
+def paired_lines(work: Path, ipcs: list[int], variant: str, row: str, base: str) -> list[str]:
     """``row − base`` per student seed they share (the same seed trains both: paired), mean ± std per IPC and
     label mode: the do-no-harm check of a refinement against the images it starts from."""
     lines = []
     for ipc in ipcs:
-        ours, theirs = runs_by_seed(work, row, ipc, protocol)[1], runs_by_seed(work, base, ipc, protocol)[1]
+        ours, theirs = runs_by_seed(work, row, ipc, variant)[1], runs_by_seed(work, base, ipc, variant)[1]
         for mode in MODES:
             a, b = ours.get(f"distilled/{mode}", {}), theirs.get(f"distilled/{mode}", {})
             diffs = [100 * (a[s]["final_top1"] - b[s]["final_top1"]) for s in sorted(set(a) & set(b))]
@@ -304,12 +304,12 @@ def main() -> None:
             run_all(recover_commands(args, setup, models, work), work / "logs", workers=args.workers)
             write_prefix_sets(args, setup, models, work)
         elif part == "students":
-            logs = work / f"logs{suffix(args.variant)}"  # the same command names in every variant
+            logs = work / f"logs{args.variant}"  # the same command names in every variant
             run_all(student_commands(args, setup, models, work), logs, workers=args.workers)
         else:
             text, data = table(args, setup, models, work)
             out = Path(args.root) / "fidelity"
-            stem = f"{args.dataset}{suffix(args.variant)}"
+            stem = f"{args.dataset}{args.variant}"
             (out / f"{stem}.md").write_text(text)
             (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), **data}, indent=2))
             print(text)

@@ -69,8 +69,8 @@ STUDENT_DIR = "model"
 # library's protocol, the default of evaluate, the pipeline and the benchmarks: one budget of optimiser steps
 # (``--steps``) for every set size, pad-crop + flip + CutMix views, KD at T = 4 (measured on Fashion-MNIST,
 # benchmarks/RESULTS.md). Hard-label students level off within the default budget; KD students keep gaining from
-# a longer one (a patient teacher), so KD top-1 is a figure at a stated budget (benchmarks/budget.py). The ``scdd_*`` entries are SC-DD's released recipes, epoch
-# budgets included, for reproducing the paper's protocol.
+# a longer one (a patient teacher), so KD top-1 is a figure at a stated budget (benchmarks/budget.py). The
+# ``scdd_*`` entries are SC-DD's released recipes, epoch budgets included, for reproducing the paper's protocol.
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "hf_scdd": dict(crop="pad", crop_pad=4, flip=True, mix="cutmix", mix_alpha=1.0, temperature=4.0),
     "hf_scdd_large": dict(crop="rrc", crop_scale_min=0.08, flip=True, mix="cutmix", mix_alpha=1.0, temperature=4.0),
