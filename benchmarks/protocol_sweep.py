@@ -33,6 +33,7 @@ CANDIDATES: dict[str, dict] = {
     "lr1e-3_12000": dict(steps=12000),
     "lr4e-3_6000": dict(lr=0.004, steps=6000),
     "lr4e-3_12000": dict(lr=0.004, steps=12000),
+    "lr8e-3_6000": dict(lr=0.008, steps=6000),
     "t2": dict(temperature=2.0),
     "t1": dict(temperature=1.0),
     "lr4e-3_t2": dict(lr=0.004, temperature=2.0),

@@ -39,6 +39,7 @@ CANDIDATES: dict[str, dict] = {
     "herding": dict(init="real", selection="herding", iterations=0),
     "confident": dict(init="real", selection="confident", iterations=0),
     "kmeans_margin": dict(init="real", selection="kmeans_margin", iterations=0),
+    "kcenter": dict(init="real", selection="kcenter", iterations=0),
     "kmeans_teacher": dict(init="real", selection="kmeans", iterations=0, selection_model="@teacher"),
     "strata_teacher": dict(init="real", selection="strata", iterations=0, selection_model="@teacher"),
     "kmeans_mosaic2": dict(init="real", selection="kmeans", iterations=0, patches_per_side=2),

@@ -17,7 +17,7 @@ from hf_scdd.losses.bn_matching import BNStatsRecorder, BNTargets, bn_layers, gr
 from hf_scdd.stages.recover import RecoverConfig, main
 from hf_scdd.synthesis.inputs import tile_mosaics
 from hf_scdd.synthesis.selection import (
-    class_margins, herding, kmeans_margin, kmeans_medoids, kmeans_strata, select_real_images,
+    class_margins, herding, kcenter, kmeans_margin, kmeans_medoids, kmeans_strata, select_real_images,
 )
 
 CLASSES = ["zero", "one", "two", "three"]
@@ -136,11 +136,25 @@ def test_kmeans_margin_takes_each_modes_most_ambiguous_inner_member():
     assert torch.allclose(class_margins(logits, 0), torch.stack([p[0, 0] - p[0, 1], p[1, 0] - p[1, 1]]))
 
 
+def test_kcenter_spreads_over_the_modes_and_skips_the_outliers():
+    generator = torch.Generator().manual_seed(0)
+    bulk = torch.tensor([1.0, 0, 0]) + 0.05 * torch.randn(60, 3, generator=generator)  # the typical style
+    modes = [torch.tensor(c) + 0.05 * torch.randn(10, 3, generator=generator)
+             for c in ([1.0, 1.0, 0], [1.0, 0, 1.0])]  # two rarer styles
+    outliers = torch.tensor([[-1.0, 0.1, 0], [-1.0, 0, 0.1]])  # two points far from everything (label noise)
+    points = torch.cat([bulk, *modes, outliers])
+    picks = kcenter(points, 3).tolist()
+    assert picks[0] < 60  # the most typical point first
+    assert sorted(p // 10 for p in picks[1:]) == [6, 7]  # then one of each rare style
+    assert not set(picks) & {80, 81}  # never the outliers, which plain farthest-first would take first
+    assert kcenter(points, 3).tolist() == picks  # deterministic
+
+
 def test_selection_picks_distinct_images_of_each_class_reproducibly():
     images = torch.randint(0, 255, (40, 1, 16, 16), dtype=torch.uint8)
     labels = torch.arange(40) % 4
     observer = bn_backbone(class_names=CLASSES).eval()
-    for how in ("random", "kmeans", "strata", "herding", "confident", "kmeans_margin"):
+    for how in ("random", "kmeans", "strata", "herding", "confident", "kmeans_margin", "kcenter"):
         chosen = select_real_images(observer, images, labels, num_classes=4, ipc=3, how=how, seed=5)
         assert chosen.shape == (4, 3)
         for c in range(4):
