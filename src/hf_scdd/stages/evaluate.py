@@ -32,8 +32,8 @@ from ..hub.push import push_model_folder
 from ..models.loading import load_backbone
 from ..models.resnet import ARCHITECTURES, STEMS, ResNet
 from ..training.accelerator import Precision
-from ..training.post_train import LABEL_MODES, STUDENT_DIR, check_classes, full_data_check, run_dir, run_groups
-from ..training.post_train import train_groups
+from ..training.post_train import LABEL_MODES, STUDENT_DIR, STUDENT_LR, check_classes, full_data_check, run_dir
+from ..training.post_train import run_groups, train_groups
 from ..training.evaluation import teacher_test_top1
 from ..training.report import aggregate, markdown_report, plot_curves, protocol_checks, protocol_metrics
 from ..training.stage import load_stage_data
@@ -60,7 +60,11 @@ class EvaluateConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
     epochs: int | None = field(
         default=None, metadata={"help": "Epochs instead of --steps (SC-DD's schedules: 300 ImageNet, 200 CIFAR)."}
     )
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (SC-DD: 1e-3)."})
+    lr: float = field(
+        default=STUDENT_LR,
+        metadata={"help": "AdamW learning rate (SC-DD: 1e-3; 8e-3 trains students closer to convergence in the same "
+                  "steps: benchmarks/protocol_sweep.py)."},
+    )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (SC-DD: 0.01)."})
     decay_all_params: bool = field(
         default=False,
