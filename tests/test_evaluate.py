@@ -100,13 +100,15 @@ def test_student_card_metadata():
     card = render_student_card(StudentCardData(
         arch="resnet18", stem="cifar", width=64, num_classes=10, dataset="zalando-datasets/fashion_mnist",
         distilled="me/fmnist-scdd-ipc10", teacher="me/resnet18-fmnist", label_mode="stored", steps=3000, epochs=300,
-        temperature=20.0, batch_size=64, mix="cutmix", seeds=[0, 1, 2], final_top1_mean=0.81, final_top1_std=0.01,
-        best_top1_mean=0.82, best_top1_std=0.01, test_size=10000, metrics={"IOR/stored": 0.03},
+        temperature=20.0, batch_size=64, mix="cutmix", seeds=[0, 1, 2], lr=0.008, weight_decay=0.01,
+        final_top1_mean=0.81, final_top1_std=0.01, best_top1_mean=0.82, best_top1_std=0.01, test_size=10000,
+        metrics={"IOR/stored": 0.03},
     ))
     assert card.data.base_model == "me/resnet18-fmnist"
     assert card.data.datasets == ["me/fmnist-scdd-ipc10", "zalando-datasets/fashion_mnist"]
     assert card.data.eval_results[0].metric_value == 0.81
     assert "model-index" in str(card) and "81.00 ± 1.00" in str(card)
+    assert "AdamW (lr 0.008, wd 0.01)" in str(card)  # the optimiser it trained with, not a fixed text
 
 
 @pytest.mark.both_precisions

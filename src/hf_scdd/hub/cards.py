@@ -128,6 +128,8 @@ class StudentCardData:
     batch_size: int
     mix: str
     seeds: list[int]
+    lr: float
+    weight_decay: float
     final_top1_mean: float
     final_top1_std: float
     best_top1_mean: float

@@ -194,8 +194,8 @@ def save_student(model, config: EvaluateConfig, data: ImageData, report: dict, f
         arch=config.arch, stem=config.stem, width=config.width, num_classes=data.num_classes, dataset=data.name,
         distilled=config.distilled, teacher=config.teacher, label_mode=mode, steps=row["steps"], epochs=row["epochs"],
         temperature=config.temperature, batch_size=config.batch_size, mix=config.mix, seeds=list(config.seeds),
-        final_top1_mean=row["final_top1_mean"], final_top1_std=row["final_top1_std"],
-        best_top1_mean=row["best_top1_mean"], best_top1_std=row["best_top1_std"],
+        lr=config.lr, weight_decay=config.weight_decay, final_top1_mean=row["final_top1_mean"],
+        final_top1_std=row["final_top1_std"], best_top1_mean=row["best_top1_mean"], best_top1_std=row["best_top1_std"],
         test_size=report["test_size"], metrics=report["metrics"],
         results_markdown=report_markdown(report, "Results").split("\n", 2)[2],
     )
