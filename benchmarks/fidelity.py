@@ -42,6 +42,7 @@ from pathlib import Path
 
 from hf_scdd.stages.evaluate import EvaluateConfig
 from hf_scdd.synthesis.presets import LIGHT_REFINEMENT
+from hf_scdd.training.post_train import STUDENT_LR
 
 from common import (
     DATASETS, FIRST_LIGHT_REFINEMENT, HERE, benchmark_setup, evaluate_command, hardware_line, read_results, run_all,
@@ -256,7 +257,8 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
     lines = [
         f"# Fidelity on {args.dataset}", "",
         f"Machine: {hardware_line()}. Students: {setup.student['arch']} width {setup.student['width']}, "
-        f"{args.steps} optimiser steps, {PROTOCOL_TEXT[args.protocol]} + flip + CutMix, hard labels and online KD "
+        f"{args.steps} AdamW steps at lr {STUDENT_LR}, {PROTOCOL_TEXT[args.protocol]} + flip + CutMix, hard labels "
+        "and online KD "
         "(T = 4) from the supervised teacher, final "
         f"top-1 (%) on the full test split, mean ± std over 3 seeds unless a cell says n. "
         f"MoCo v2 probe top-1: {100 * ssl_probe['probe_top1']:.2f} %. `**`: the difference from the random "

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hf_scdd.training.post_train import STUDENT_LR
+
 from common import (
     DATASETS, HERE, evaluate_command, hardware_line, read_results, run_all, stage_command, start_benchmark,
     write_report,
@@ -110,7 +112,8 @@ def table(args, work: Path, names: list[str], tag: str) -> tuple[str, list[dict]
         rows.append(dict(name=name, config=CANDIDATES[name], scores=score(read_results(work / name / f"evaluate_{tag}"), "distilled")))
     base = rows[0]["scores"]
     lines = [
-        f"{args.dataset}, IPC {args.ipc}, recovery seed {args.seed}, students: {tag}, {args.steps} steps; "
+        f"{args.dataset}, IPC {args.ipc}, recovery seed {args.seed}, students: {tag}, {args.steps} steps at AdamW "
+        f"lr {STUDENT_LR}; "
         f"machine: {hardware_line()}", "",
         "| candidate | hard | KD | mean | mean − random | recover fields |", "|---|---:|---:|---:|---:|---|",
     ]
