@@ -13,6 +13,8 @@ Rows, each named by the recover config it ran (all on the same dataset, students
 * **SRe²L, end-to-end head**: the supervised model as trained (SRe²L's own recovery model);
 * **hf_scdd**: the library's method on the SSL recovery model as it runs on 28×28 grey data (``--method
   hf_scdd`` there: real images chosen by k-means on the SSL features, kept unrefined);
+* **hf_scdd_strata**: the same k-means clusters, a seeded random member of each instead of the medoid (coverage
+  of the modes without the preference for the most typical image);
 * **hf_scdd_cifar**: the same medoids refined as ``--method hf_scdd`` does on CIFAR-size data
   (``synthesis.presets.LIGHT_REFINEMENT``: Adam steps towards BN statistics of clean training images), and
   **hf_scdd_refined**, session 7's shorter refinement, kept for the paired comparisons below the table;
@@ -56,7 +58,7 @@ PARTS = ("models", "sets", "students", "table")
 # evaluation folders and table.
 PROTOCOLS: dict[str, dict] = {"pad": {}, "rrc": dict(crop="rrc", crop_scale_min=0.25)}
 PROTOCOL_TEXT = {"pad": "pad-crop (4 px)", "rrc": "RandomResizedCrop (area 0.25-1)"}
-ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_refined", "hf_scdd_cifar")
+ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_strata", "hf_scdd_refined", "hf_scdd_cifar")
 MODES = ["hard", "online"]
 # evaluate's default budget: its folders and table keep the plain names
 DEFAULT_STEPS: int = next(f.default for f in dataclasses.fields(EvaluateConfig) if f.name == "steps")
@@ -102,6 +104,10 @@ def set_specs(models: Path, setup) -> dict[str, dict]:
                           backbone=supervised_dir(setup, models), fields=dict(method="scdd"), prefix=True),
         "hf_scdd": dict(title="k-means medoids of MoCo v2 + probe features, unrefined (hf_scdd on 28×28 grey data)",
                         backbone=models / "probe_mocov2", fields=unrefined_medoids(setup), prefix=False),
+        # the same clusters, a seeded random member of each: the lr-8e-3 sweep's best KD candidate (one seed)
+        "hf_scdd_strata": dict(title="a random member of each k-means cluster of the same features (strata), "
+                                     "unrefined", backbone=models / "probe_mocov2",
+                               fields={**unrefined_medoids(setup), "selection": "strata"}, prefix=False),
         # --method hf_scdd on CIFAR-size presets in session 7 (the sweep's kmeans_clean_100_lr003)
         "hf_scdd_refined": dict(title="the same medoids + 100 steps at lr 0.003 to clean statistics (hf_scdd on "
                                       "CIFAR-size data in session 7)",
