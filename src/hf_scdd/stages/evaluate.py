@@ -60,11 +60,7 @@ class EvaluateConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
     epochs: int | None = field(
         default=None, metadata={"help": "Epochs instead of --steps (SC-DD's schedules: 300 ImageNet, 200 CIFAR)."}
     )
-    lr: float = field(
-        default=STUDENT_LR,
-        metadata={"help": "AdamW learning rate (SC-DD: 1e-3; 8e-3 trains students closer to convergence in the same "
-                  "steps: benchmarks/protocol_sweep.py)."},
-    )
+    lr: float = field(default=STUDENT_LR, metadata={"help": "AdamW lr (SC-DD: 1e-3; see benchmarks/protocol_sweep.py)."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (SC-DD: 0.01)."})
     decay_all_params: bool = field(
         default=False,
@@ -86,9 +82,7 @@ class EvaluateConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
     full_data_baseline: bool = field(
         default=False, metadata={"help": "Full-training-set runs: hard labels (HLR) and online KD if asked (its ceiling)."}
     )
-    full_data_steps: int | None = field(
-        default=None, metadata={"help": "Optimiser steps of the full-data run (default: --steps)."}
-    )
+    full_data_steps: int | None = field(default=None, metadata={"help": "Steps of the full-data run (default: --steps)."})
     save_student: bool = field(default=True, metadata={"help": "Save the first seed's student as a Hub-ready model."})
 
     def checks(self) -> list[Check]:
