@@ -58,12 +58,14 @@ PARTS = ("models", "sets", "students", "table")
 # evaluation folders and table.
 PROTOCOLS: dict[str, dict] = {"pad": {}, "rrc": dict(crop="rrc", crop_scale_min=0.25)}
 PROTOCOL_TEXT = {"pad": "pad-crop (4 px)", "rrc": "RandomResizedCrop (area 0.25-1)"}
-ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_strata", "hf_scdd_refined", "hf_scdd_cifar")
+ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_strata", "hf_scdd_strata_core", "hf_scdd_refined",
+        "hf_scdd_cifar")
 MODES = ["hard", "online"]
 # evaluate's default budget: its folders and table keep the plain names
 DEFAULT_STEPS: int = next(f.default for f in dataclasses.fields(EvaluateConfig) if f.name == "steps")
 # Paired sections of the table (row − base per student seed): what each refinement adds to its medoids
-PAIRS = (("hf_scdd_refined", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd_refined"))
+PAIRS = (("hf_scdd_refined", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd_refined"),
+         ("hf_scdd_strata", "hf_scdd"), ("hf_scdd_strata_core", "hf_scdd"))
 
 
 def parse_args() -> argparse.Namespace:
@@ -108,6 +110,9 @@ def set_specs(models: Path, setup) -> dict[str, dict]:
         "hf_scdd_strata": dict(title="a random member of each k-means cluster of the same features (strata), "
                                      "unrefined", backbone=models / "probe_mocov2",
                                fields={**unrefined_medoids(setup), "selection": "strata"}, prefix=False),
+        "hf_scdd_strata_core": dict(title="a random member of the inner half of each k-means cluster (strata_core), "
+                                          "unrefined", backbone=models / "probe_mocov2",
+                                    fields={**unrefined_medoids(setup), "selection": "strata_core"}, prefix=False),
         # --method hf_scdd on CIFAR-size presets in session 7 (the sweep's kmeans_clean_100_lr003)
         "hf_scdd_refined": dict(title="the same medoids + 100 steps at lr 0.003 to clean statistics (hf_scdd on "
                                       "CIFAR-size data in session 7)",
@@ -272,12 +277,16 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
         "| IPC | set | hard labels | KD | hard − random | KD − random |", "|---:|---|---:|---:|---:|---:|",
     ]
     data: dict = {"rows": []}
+    not_run: set[str] = set()
     for ipc in args.ipcs:
         base = best_evaluation(work, "hf_scdd", ipc, args.variant) or {"results": {}}
         random_hard, random_kd = cell(base["results"].get("random/hard")), cell(base["results"].get("random/online"))
         for name, spec in specs.items():
             results = (best_evaluation(work, name, ipc, args.variant) or {"results": {}})["results"]
             hard, kd = cell(results.get("distilled/hard")), cell(results.get("distilled/online"))
+            if not results:  # not evaluated under this protocol: named below the table, not a row of dashes
+                not_run.add(spec["title"])
+                continue
             lines.append(f"| {ipc} | {spec['title']} | {hard[0]} | {kd[0]} | {gap(hard, random_hard)} | "
                          f"{gap(kd, random_kd)} |")
             data["rows"].append(dict(ipc=ipc, set=name, hard=hard[1:], kd=kd[1:]))
@@ -290,6 +299,9 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
         data.setdefault("teacher_top1", base.get("teacher_top1"))
         for warning in base.get("checks", []):
             lines.append(f"\n**Protocol check failed at IPC {ipc}:** {warning}")
+    if not_run:
+        lines += ["", "Not evaluated under this protocol (other tables may have them): "
+                  + "; ".join(sorted(not_run)) + "."]
     for row, base in PAIRS:
         lines += paired_lines(work, args.ipcs, args.variant, row, base)
     lines += ["", f"Teacher (supervised {teacher['arch']} width {teacher['width']}) test top-1: "

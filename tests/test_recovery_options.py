@@ -17,7 +17,8 @@ from hf_scdd.losses.bn_matching import BNStatsRecorder, BNTargets, bn_layers, gr
 from hf_scdd.stages.recover import RecoverConfig, main
 from hf_scdd.synthesis.inputs import tile_mosaics
 from hf_scdd.synthesis.selection import (
-    class_margins, herding, kcenter, kmeans_margin, kmeans_medoids, kmeans_strata, select_real_images,
+    SELECTIONS, class_margins, herding, kcenter, kmeans_margin, kmeans_medoids, kmeans_strata, kmeans_strata_core,
+    select_real_images,
 )
 
 CLASSES = ["zero", "one", "two", "three"]
@@ -108,6 +109,13 @@ def test_kmeans_medoids_cover_the_modes_and_herding_tracks_the_mean():
     strata = kmeans_strata(points, 3, torch.Generator().manual_seed(1))
     assert sorted(int(i) // 30 for i in strata) == [0, 1, 2]  # one random member of each cluster
     assert not torch.equal(strata.sort().values, picks.sort().values)
+    core = kmeans_strata_core(points, 3, torch.Generator().manual_seed(1))
+    assert sorted(int(i) // 30 for i in core) == [0, 1, 2]
+    x = F.normalize(points, dim=1)
+    for i in core.tolist():  # each pick is in the inner half of its cluster (cosine to the cluster's mean)
+        members = x[(i // 30) * 30: (i // 30 + 1) * 30]
+        similarity = members @ F.normalize(members.mean(0), dim=0)
+        assert float(x[i] @ F.normalize(members.mean(0), dim=0)) >= float(similarity.median()) - 1e-6
     again = kmeans_medoids(points, 3, torch.Generator().manual_seed(1))
     assert torch.equal(picks, again)
     herded = herding(points, 3)
@@ -154,7 +162,7 @@ def test_selection_picks_distinct_images_of_each_class_reproducibly():
     images = torch.randint(0, 255, (40, 1, 16, 16), dtype=torch.uint8)
     labels = torch.arange(40) % 4
     observer = bn_backbone(class_names=CLASSES).eval()
-    for how in ("random", "kmeans", "strata", "herding", "confident", "kmeans_margin", "kcenter"):
+    for how in SELECTIONS:
         chosen = select_real_images(observer, images, labels, num_classes=4, ipc=3, how=how, seed=5)
         assert chosen.shape == (4, 3)
         for c in range(4):

@@ -10,6 +10,9 @@ class's modes trains better students than one that repeats its most typical imag
   and the real image nearest each centroid (a medoid): coverage of the class's modes, largest cluster first;
 * ``strata``: the same clusters, but a seeded random member of each (stratified sampling: coverage without
   the medoids' preference for the most typical image, which KD students need less than hard-label ones);
+* ``strata_core``: the same clusters, a seeded random member of the half of each cluster nearest its centre:
+  between the medoids (the most typical member, which hard-label students need) and ``strata`` (any member,
+  whose variety KD students use), without a cluster's edge;
 * ``herding``: greedy herding of the class mean in feature space (each pick brings the running mean closest
   to the class mean);
 * ``confident``: the images the observer classifies most confidently (lowest cross-entropy): RDED's
@@ -47,7 +50,7 @@ from ..data.tensors import normalize
 from ..errors import ConfigError
 from ..training.accelerator import Precision, autocast_of
 
-SELECTIONS = ("random", "kmeans", "strata", "herding", "confident", "kmeans_margin", "kcenter")
+SELECTIONS = ("random", "kmeans", "strata", "strata_core", "herding", "confident", "kmeans_margin", "kcenter")
 KCENTER_TRIM = 0.1
 """The fraction of a class's candidates, least similar to the class's mean feature, that ``kcenter`` never takes."""
 
@@ -125,14 +128,28 @@ def kmeans_strata(features: torch.Tensor, k: int, generator: torch.Generator) ->
     return _member_per_cluster(features, k, generator, random_member)
 
 
+def kmeans_strata_core(features: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """One seeded random member of the inner half (nearest the centre) of each of the ``k`` clusters."""
+
+    def random_inner_member(members: list[int], x: torch.Tensor, centre: torch.Tensor) -> int:
+        inner = _inner_half(members, x, centre)
+        return inner[int(torch.randint(len(inner), (1,), generator=generator))]
+
+    return _member_per_cluster(features, k, generator, random_inner_member)
+
+
+def _inner_half(members: list[int], x: torch.Tensor, centre: torch.Tensor) -> list[int]:
+    """The half of a cluster's members nearest its centre (at least one), nearest first."""
+    by_distance = sorted(members, key=lambda i: -float(x[i] @ centre))
+    return by_distance[: max(1, (len(by_distance) + 1) // 2)]
+
+
 def kmeans_margin(features: torch.Tensor, margins: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """In each of the ``k`` clusters, the member with the smallest ``margins`` among the half of the cluster
     nearest its centre (at least one member; an empty cluster gives the unchosen point nearest its centre)."""
 
     def most_ambiguous_inner(members: list[int], x: torch.Tensor, centre: torch.Tensor) -> int:
-        by_distance = sorted(members, key=lambda i: -float(x[i] @ centre))
-        inner = by_distance[: max(1, (len(by_distance) + 1) // 2)]
-        return min(inner, key=lambda i: (float(margins[i]), i))
+        return min(_inner_half(members, x, centre), key=lambda i: (float(margins[i]), i))
 
     return _member_per_cluster(features, k, generator, most_ambiguous_inner)
 
@@ -257,4 +274,5 @@ def _pick(
         return herding(features, ipc)
     if how == "kcenter":
         return kcenter(features, ipc)
-    return (kmeans_medoids if how == "kmeans" else kmeans_strata)(features, ipc, generator)
+    by_clusters = {"kmeans": kmeans_medoids, "strata": kmeans_strata, "strata_core": kmeans_strata_core}
+    return by_clusters[how](features, ipc, generator)
