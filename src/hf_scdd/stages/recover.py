@@ -72,7 +72,7 @@ class RecoverConfig(StageConfig):
     init: str | None = field(default=None, metadata={"help": "Starting images: 'noise' (SC-DD) or 'real'."})
     selection: str | None = field(
         default=None,
-        metadata={"help": "Real starting images per class: random, kmeans, strata, herding, confident or kmeans_margin "
+        metadata={"help": f"Real starting images per class: one of {', '.join(SELECTIONS)} "
                   "(see hf_scdd.synthesis.selection)."},
     )
     selection_model: str | None = field(
