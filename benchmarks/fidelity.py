@@ -277,7 +277,7 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
         "| IPC | set | hard labels | KD | hard − random | KD − random |", "|---:|---|---:|---:|---:|---:|",
     ]
     data: dict = {"rows": []}
-    not_run: set[str] = set()
+    not_run: dict[str, list[int]] = {}
     for ipc in args.ipcs:
         base = best_evaluation(work, "hf_scdd", ipc, args.variant) or {"results": {}}
         random_hard, random_kd = cell(base["results"].get("random/hard")), cell(base["results"].get("random/online"))
@@ -285,7 +285,7 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
             results = (best_evaluation(work, name, ipc, args.variant) or {"results": {}})["results"]
             hard, kd = cell(results.get("distilled/hard")), cell(results.get("distilled/online"))
             if not results:  # not evaluated under this protocol: named below the table, not a row of dashes
-                not_run.add(spec["title"])
+                not_run.setdefault(spec["title"], []).append(ipc)
                 continue
             lines.append(f"| {ipc} | {spec['title']} | {hard[0]} | {kd[0]} | {gap(hard, random_hard)} | "
                          f"{gap(kd, random_kd)} |")
@@ -300,8 +300,8 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
         for warning in base.get("checks", []):
             lines.append(f"\n**Protocol check failed at IPC {ipc}:** {warning}")
     if not_run:
-        lines += ["", "Not evaluated under this protocol (other tables may have them): "
-                  + "; ".join(sorted(not_run)) + "."]
+        named = [f"{title} (IPC {', '.join(map(str, ipcs))})" for title, ipcs in sorted(not_run.items())]
+        lines += ["", "Not evaluated under this protocol (other tables may have them): " + "; ".join(named) + "."]
     for row, base in PAIRS:
         lines += paired_lines(work, args.ipcs, args.variant, row, base)
     lines += ["", f"Teacher (supervised {teacher['arch']} width {teacher['width']}) test top-1: "
