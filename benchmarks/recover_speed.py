@@ -273,7 +273,7 @@ def main() -> None:
                 if half > 1:  # G=1 in 1 process is the one-by-one row
                     settings.append((f"library {p}, G={half}, 1 process", "library", units, half, 1, args.threads, p))
                 settings.append((f"library {p}, G={half}, 2 processes", "library", units, half, 2, args.threads, p))
-                if p == "fp32":
+                if cores > 1:  # one process on every core: what a plain `hf-scdd recover` gets
                     settings.append((f"library {p}, G={half}, 1 process x {cores} threads", "library", units, half,
                                      1, cores, p))
         for label, mode, n_units, g, processes, threads, p in settings:
