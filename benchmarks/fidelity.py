@@ -18,6 +18,8 @@ Rows, each named by the recover config it ran (all on the same dataset, students
 * **hf_scdd_cifar**: the same medoids refined as ``--method hf_scdd`` does on CIFAR-size data
   (``synthesis.presets.LIGHT_REFINEMENT``: Adam steps towards BN statistics of clean training images), and
   **hf_scdd_refined**, session 7's shorter refinement, kept for the paired comparisons below the table;
+* **hf_scdd_observers**: hf_scdd_cifar's refinement with the supervised teacher as a second observer
+  (``--observers``: the images match both models' clean-image BN statistics and their mean logits);
 * **random real subset** (a new draw per seed) and the **full training set**, trained the same way.
 
 Students follow the library's protocol (``hf-scdd evaluate`` defaults: a budget of optimiser steps, pad-crop +
@@ -59,13 +61,13 @@ PARTS = ("models", "sets", "students", "table")
 PROTOCOLS: dict[str, dict] = {"pad": {}, "rrc": dict(crop="rrc", crop_scale_min=0.25)}
 PROTOCOL_TEXT = {"pad": "pad-crop (4 px)", "rrc": "RandomResizedCrop (area 0.25-1)"}
 ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_strata", "hf_scdd_strata_core", "hf_scdd_refined",
-        "hf_scdd_cifar")
+        "hf_scdd_cifar", "hf_scdd_observers")
 MODES = ["hard", "online"]
 # evaluate's default budget: its folders and table keep the plain names
 DEFAULT_STEPS: int = next(f.default for f in dataclasses.fields(EvaluateConfig) if f.name == "steps")
 # Paired sections of the table (row − base per student seed): what each refinement adds to its medoids
 PAIRS = (("hf_scdd_refined", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd_refined"),
-         ("hf_scdd_strata", "hf_scdd"), ("hf_scdd_strata_core", "hf_scdd"))
+         ("hf_scdd_strata", "hf_scdd"), ("hf_scdd_strata_core", "hf_scdd"), ("hf_scdd_observers", "hf_scdd_cifar"))
 
 
 def parse_args() -> argparse.Namespace:
@@ -122,6 +124,12 @@ def set_specs(models: Path, setup) -> dict[str, dict]:
                                     f"{LIGHT_REFINEMENT['lr']} to clean statistics (hf_scdd on CIFAR-size data)",
                               backbone=models / "probe_mocov2", fields=dict(method="hf_scdd", **LIGHT_REFINEMENT),
                               prefix=False),
+        # the same refinement with the supervised teacher as a second observer (G-VBSM / CV-DD style)
+        "hf_scdd_observers": dict(title="the same refinement against the MoCo v2 model and the supervised teacher "
+                                        "together (two observers: their BN statistics and mean logits)",
+                                  backbone=models / "probe_mocov2",
+                                  fields=dict(method="hf_scdd", **LIGHT_REFINEMENT, observers=[models / "teacher"]),
+                                  prefix=False),
     }
 
 

@@ -70,6 +70,14 @@ def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
     return layers
 
 
+def member_of_layers(model: nn.Module, layers: list[nn.BatchNorm2d]) -> list[int]:
+    """For each of ``layers``, the index of the member of ``model.members`` holding it (all 0 for a model
+    without members), so each observer of an ensemble has its own first layer."""
+    owner = {id(layer): i for i, member in enumerate(getattr(model, "members", None) or [model])
+             for layer in member.modules()}
+    return [owner.get(id(layer), 0) for layer in layers]
+
+
 class _GroupMeanVar(torch.autograd.Function):
     """Per-group, per-channel mean and biased variance in float32, two-pass, with a hand-written backward.
 
@@ -259,6 +267,9 @@ class BNStatsRecorder:
         first_index: index (into ``layers``) of the first BN layer the input met, found on the first forward
             pass; it gets ``first_bn_multiplier``. For torchvision-style models this is ``layers[0]``
             (``bn1``), exactly the reference's choice.
+        first_indices: the first layer the input met in each member of a model with ``members`` (an
+            :class:`~hf_scdd.models.ensemble.ObserverEnsemble`; one entry for a plain model): every member's
+            first layer gets the multiplier, as it would when recovering from that member alone.
     """
 
     def __init__(
@@ -285,6 +296,8 @@ class BNStatsRecorder:
         self.image_means: list[torch.Tensor | None] = [None] * len(self.layers)
         self.image_variances: list[torch.Tensor | None] = [None] * len(self.layers)
         self.first_index: int | None = None
+        self.first_indices: dict[int, int] = {}
+        self._member_of = member_of_layers(model, self.layers)
         self._handles: list = []
         self._targets: tuple[torch.Tensor, ...] | None = None
 
@@ -308,6 +321,7 @@ class BNStatsRecorder:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             if self.first_index is None:
                 self.first_index = index
+            self.first_indices.setdefault(self._member_of[index], index)
             if self.class_weight > 0:
                 means, variances, image_means, image_variances = image_and_group_mean_var(inputs[0], self.groups)
                 self.image_means[index], self.image_variances[index] = image_means, image_variances
@@ -341,7 +355,7 @@ class BNStatsRecorder:
     def layer_weights(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """``[L]`` weights: ``first_bn_multiplier`` for the first layer the input met, 1 for the others."""
         weights = torch.ones(len(self.layers), device=device)
-        weights[self.first_index or 0] = self.first_bn_multiplier
+        weights[list(self.first_indices.values()) or [self.first_index or 0]] = self.first_bn_multiplier
         return weights
 
     def per_layer_terms(self, labels: torch.Tensor | None = None) -> torch.Tensor:

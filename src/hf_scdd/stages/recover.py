@@ -78,6 +78,11 @@ class RecoverConfig(StageConfig):
     selection_model: str | None = field(
         default=None, metadata={"help": "Observer whose features choose the real images (default: --backbone)."}
     )
+    observers: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Extra models (folders or Hub ids, same classes) whose BN statistics and logits join the "
+                  "recovery model's while images are optimised (several observers, G-VBSM/CV-DD style)."},
+    )
     selection_pool: int = field(default=0, metadata={"help": "Seeded candidates per class to choose from (0 = all)."})
     patches_per_side: int = field(
         default=1,
@@ -175,17 +180,18 @@ def main(config: RecoverConfig) -> Path:
         out, cpu=config.cpu, report_to=config.report_to, run_name="recover", config=config.to_dict(),
     )
     model = context.model.to(accelerator.device)
+    objective = context.objective.to(accelerator.device)  # the recovery model, or it with --observers
     observer = load_backbone(config.selection_model).to(accelerator.device) if config.selection_model else model
     with discard_on_failure(out, UNITS_DIR, INPUTS_DIR, "logs"):  # a diverged run keeps no (black) unit
         # Input the selection rejects (a class with fewer images than IPC, ...) leaves no record behind that
         # would refuse the corrected command; a folder with finished units keeps everything.
         rejected = () if (out / UNITS_DIR).exists() else (ConfigError, DataError)
         with discard_on_failure(out, INPUTS_DIR, "logs", errors=rejected):
-            targets, init_images = recovery_inputs(accelerator, config, model, context.data, out,
+            targets, init_images = recovery_inputs(accelerator, config, objective, context.data, out,
                                                    observer=observer, precision=precision)
         spec = SynthesisSpec.from_config(config, context.channels, context.mean, context.std, targets=targets,
                                          init_images=init_images)
-        recover_units(accelerator, model, make_groups(context.units, config.group_size), spec, out,
+        recover_units(accelerator, objective, make_groups(context.units, config.group_size), spec, out,
                       precision=precision, log_every=config.log_every)
 
     num_shards = write_shards(accelerator, context.units, out, context.class_names, config.image_format)

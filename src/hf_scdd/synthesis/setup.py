@@ -21,6 +21,7 @@ from ..data.loading import ImageData
 from ..errors import ConfigError
 from ..formats.distilled_set import load_unit
 from ..hub.cards import DistilledSetCardData, source_dataset_terms
+from ..models.ensemble import ObserverEnsemble
 from ..models.loading import check_synthesis_input, load_backbone
 from ..training.stage import load_stage_data
 from ..utils import resolve_hub_revision, use_cpu
@@ -39,6 +40,9 @@ def check_resolved(config: Any) -> None:
         raise ConfigError("--class_bn_weight needs class statistics: pass --bn_targets clean")
     if config.patches_per_side > 1 and config.init != "real":
         raise ConfigError("--patches_per_side tiles real images: it needs --init real")
+    if config.observers and config.iterations == 0:
+        raise ConfigError("--observers only shape optimised images, and --iterations is 0: pass --iterations N "
+                          "(or drop --observers)")
     if config.patches_per_side > config.image_size:
         raise ConfigError(f"--patches_per_side {config.patches_per_side} exceeds the image side {config.image_size}: "
                           "use a smaller one")
@@ -66,6 +70,10 @@ class RecoverContext:
 
     config: Any
     model: nn.Module
+    """The recovery model (``--backbone``): the default selection observer."""
+    objective: nn.Module
+    """What the images are optimised against: the recovery model, or it and ``--observers`` as one
+    :class:`~hf_scdd.models.ensemble.ObserverEnsemble`."""
     class_names: list[str]
     dataset_name: str
     channels: int
@@ -94,14 +102,24 @@ def prepare(config: Any) -> RecoverContext:
     check_resolved(config)
     units = plan_units(data.num_classes, config.ipc, config.classes_per_batch, config.seed)
     model.eval().requires_grad_(False)
+    objective = observer_ensemble(model, config) if config.observers else model
     if config.group_size == 0:
         device_type = "cuda" if torch.cuda.is_available() and not use_cpu(config.cpu) else "cpu"
-        group_size = auto_group_size(model, units, channels, config.image_size, device_type, config.max_group_size)
+        group_size = auto_group_size(objective, units, channels, config.image_size, device_type, config.max_group_size)
         config = replace(config, group_size=group_size)
     return RecoverContext(
-        config=config, model=model, class_names=data.class_names, dataset_name=data.name, channels=channels,
+        config=config, model=model, objective=objective, class_names=data.class_names, dataset_name=data.name,
+        channels=channels,
         mean=list(mean), std=list(std), backbone_revision=revision, units=units, data=data,
     )
+
+
+def observer_ensemble(model: nn.Module, config: Any) -> nn.Module:
+    """The recovery model and every ``--observers`` model as one :class:`ObserverEnsemble`, frozen in eval mode
+    (each observer checked for the recovery model's classes and channels)."""
+    extras = [load_backbone(name) for name in config.observers]
+    ensemble = ObserverEnsemble([model, *extras], names=[config.backbone, *config.observers])
+    return ensemble.eval().requires_grad_(False)
 
 
 def card_data(context: RecoverContext, num_shards: int) -> DistilledSetCardData:

@@ -1,0 +1,83 @@
+"""Several recovery models seen as one (multiple observers, as in G-VBSM and CV-DD).
+
+Recovery matches the BatchNorm statistics of one model and pushes its logits towards each image's class. With
+``hf-scdd recover --observers A B``, :class:`ObserverEnsemble` stacks the recovery model and the extra models:
+its forward feeds the same images to every member, each through its own input normalisation, and returns
+the mean of their logits; :func:`hf_scdd.losses.bn_matching.bn_layers` finds every member's BN layers, so the
+BN term sums each observer's own matching term (the first BN layer of each member gets the first-layer
+multiplier). An image then has to look like the data to several differently trained networks at once, which is
+the argument of the multi-observer papers: one model's statistics can be matched by images that only that model
+finds natural.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import BackboneError
+
+
+class ObserverEnsemble(nn.Module):
+    """The recovery model (member 0, whose normalisation the synthesised images use) and extra observers.
+
+    Attributes copied from member 0 (``num_classes``, ``mean``, ``std``, ``in_channels``, ``image_size``,
+    ``class_names``) make the ensemble usable wherever a recovery model is. Every member must predict the same
+    classes from the same channels.
+    """
+
+    def __init__(self, members: Sequence[nn.Module], names: Sequence[str] | None = None):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an observer ensemble needs the recovery model and at least one more observer")
+        self.members = nn.ModuleList(members)
+        names = list(names or [f"observer {i}" for i in range(len(members))])
+        first = members[0]
+        for name, member in zip(names[1:], members[1:]):
+            check_same_task(first, member, names[0], name)
+        self.num_classes = int(first.num_classes)
+        self.mean, self.std = list(first.mean), list(first.std)
+        self.in_channels = int(getattr(first, "in_channels", 3))
+        self.image_size = getattr(first, "image_size", None)
+        self.class_names = getattr(first, "class_names", None)
+        # per member: scale and shift that turn member 0's normalised input into the member's own
+        for i, member in enumerate(members):
+            scale, shift = renormalisation(self.mean, self.std, list(member.mean), list(member.std))
+            self.register_buffer(f"scale_{i}", scale, persistent=False)
+            self.register_buffer(f"shift_{i}", shift, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean float32 logits of every member on ``x`` (normalised with member 0's statistics)."""
+        total = None
+        for i, member in enumerate(self.members):
+            out = member(x * getattr(self, f"scale_{i}") + getattr(self, f"shift_{i}"))
+            logits = (out.logits if hasattr(out, "logits") else out).float()
+            total = logits if total is None else total + logits
+        return total / len(self.members)
+
+
+def renormalisation(
+    mean: Sequence[float], std: Sequence[float], own_mean: Sequence[float], own_std: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` of shape ``[1, C, 1, 1]`` with ``x · scale + shift`` = the pixels ``x·std + mean``
+    normalised by ``own_mean``/``own_std`` (identity when the statistics agree)."""
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    om, os_ = torch.tensor(own_mean).view(1, -1, 1, 1), torch.tensor(own_std).view(1, -1, 1, 1)
+    return s / os_, (m - om) / os_
+
+
+def check_same_task(first: nn.Module, other: nn.Module, first_name: str, other_name: str) -> None:
+    """Refuse an observer that does not predict the recovery model's classes from the same input."""
+    for attribute in ("num_classes", "mean", "std"):
+        if getattr(other, attribute, None) is None:
+            raise BackboneError(f"observer {other_name!r} has no '{attribute}' attribute: it cannot join the recovery "
+                                "model (pass a classifier saved by hf_scdd, or a transformers BN classifier)")
+    if int(other.num_classes) != int(first.num_classes):
+        raise BackboneError(f"observer {other_name!r} predicts {other.num_classes} classes but {first_name!r} predicts "
+                            f"{first.num_classes}: pass observers trained on the same dataset")
+    channels = (getattr(first, "in_channels", 3), getattr(other, "in_channels", 3))
+    if channels[0] != channels[1] or len(other.mean) != len(first.mean):
+        raise BackboneError(f"observer {other_name!r} takes {channels[1]}-channel images but {first_name!r} takes "
+                            f"{channels[0]}: pass observers trained on the same dataset")
