@@ -149,9 +149,7 @@ def relabel_config(distilled: Path, teacher: str, seed: int, epochs: int = 2):
 
 
 def local_rows(folder: Path) -> dict:
-    import datasets
-
-    ds = datasets.load_dataset(str(folder), split="train")
+    ds = load_distilled(folder)[0]  # not load_dataset(folder): its cache is keyed on the folder name
     return rows(ds)
 
 

@@ -13,6 +13,7 @@ from helpers import bn_backbone, write_random_dataset
 from hf_scdd.configs import ConfigError, config_from_dict
 from hf_scdd.data.tensors import normalize
 from hf_scdd.errors import BackboneError
+from hf_scdd.hub import load_distilled
 from hf_scdd.losses.bn_matching import BNStatsRecorder, grouped_recovery_loss
 from hf_scdd.models.ensemble import ObserverEnsemble
 from hf_scdd.stages.recover import RecoverConfig, main
@@ -85,9 +86,7 @@ def run(assets, out, **values):
 
 
 def pixels_of(folder) -> np.ndarray:
-    import datasets
-
-    return np.stack([np.asarray(im) for im in datasets.load_dataset(str(folder), split="train")["image"]])
+    return np.stack([np.asarray(im) for im in load_distilled(folder)[0]["image"]])
 
 
 def test_recover_with_an_observer_optimises_against_both_and_reproduces(assets, tmp_path):

@@ -60,9 +60,9 @@ def tiny_run(tmp_path_factory):
 
 def test_two_process_pipeline_writes_every_artefact(tiny_run):
     out, _, result = tiny_run
-    import datasets
+    from hf_scdd.hub import load_distilled
 
-    distilled = datasets.load_dataset(str(out / "distilled"))["train"]
+    distilled = load_distilled(out / "distilled")[0]  # load_dataset(folder) caches by folder name
     assert len(distilled) == 3 * 2
     assert sorted(distilled["label"]) == [0, 0, 1, 1, 2, 2]
     assert distilled.features["label"].names == ["c0", "c1", "c2"]

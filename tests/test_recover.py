@@ -21,6 +21,7 @@ from hf_scdd.models import BackboneError
 from hf_scdd.stages.recover import RecoverConfig, main
 from hf_scdd.synthesis.units import plan_units
 from hf_scdd.formats.distilled_set import unit_path
+from hf_scdd.hub import load_distilled
 
 CLASSES = ["zero", "one", "two", "three"]
 SIZE = 16
@@ -49,9 +50,7 @@ def recover_config(assets, output_dir, **overrides) -> RecoverConfig:
 
 
 def read_rows(folder) -> tuple[np.ndarray, list[int], list[int], list[int]]:
-    import datasets
-
-    ds = datasets.load_dataset(str(folder), split="train")
+    ds = load_distilled(folder)[0]  # not load_dataset(folder): its cache is keyed on the folder name
     images = np.stack([np.asarray(im) for im in ds["image"]])
     return images, ds["label"], ds["ipc_index"], ds["unit_seed"]
 
@@ -245,3 +244,25 @@ def test_auto_keeps_the_hardware_answer_for_selection_only_recoveries(assets, tm
     explicit = tmp_path / "explicit"
     main(recover_config(assets, explicit, classes_per_batch=2, ipc=1, iterations=2, mixed_precision="bf16"))
     assert json.loads((explicit / "config.json").read_text())["runtime"] == {"precision": "bf16"}
+
+
+def test_a_folder_written_again_reads_back_as_its_new_table(tmp_path):
+    """``load_distilled`` reads the shards on disk: a set written again into the same folder, or another folder of
+    the same name, is never served from the table ``datasets`` cached for the first one (its ``load_dataset``
+    keys a local folder whose card declares ``configs`` on the folder's name and card alone)."""
+    import datasets
+
+    card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n---\n"
+
+    def write(folder: Path, value: int) -> None:
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        (folder / "README.md").write_text(card)
+        datasets.Dataset.from_dict({"label": [value] * 3}).to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+
+    first, twin = tmp_path / "a" / "distilled", tmp_path / "b" / "distilled"
+    write(first, 0)
+    write(twin, 1)
+    assert load_distilled(first)[0]["label"] == [0, 0, 0]
+    assert load_distilled(twin)[0]["label"] == [1, 1, 1]  # same name and card, other files
+    write(first, 2)  # written again in place: same file name and size
+    assert load_distilled(first)[0]["label"] == [2, 2, 2]

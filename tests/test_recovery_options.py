@@ -13,6 +13,7 @@ from helpers import bn_backbone, write_random_dataset
 from hf_scdd.augment.recovery import curriculum_scales, sample_recovery_plan
 from hf_scdd.configs import ConfigError, config_from_dict
 from hf_scdd.data.tensors import normalize
+from hf_scdd.hub import load_distilled
 from hf_scdd.losses.bn_matching import BNStatsRecorder, BNTargets, bn_layers, grouped_recovery_loss, measure_bn_targets
 from hf_scdd.stages.recover import RecoverConfig, main
 from hf_scdd.synthesis.inputs import tile_mosaics
@@ -210,9 +211,7 @@ def run(assets, out, **values):
 
 
 def distilled_pixels(folder) -> tuple[np.ndarray, list[int]]:
-    import datasets
-
-    ds = datasets.load_dataset(str(folder), split="train")
+    ds = load_distilled(folder)[0]  # not load_dataset(folder): its cache is keyed on the folder name
     return np.stack([np.asarray(im) for im in ds["image"]]), ds["label"]
 
 
