@@ -58,7 +58,7 @@ def read_rows(folder) -> tuple[np.ndarray, list[int], list[int], list[int]]:
 @pytest.fixture(scope="module")
 def reference_run(assets, tmp_path_factory) -> Path:
     """One uninterrupted single-process run (ipc 2, chunks of 2 classes: 4 units in 2 groups of 2)."""
-    out = tmp_path_factory.mktemp("reference") / "out"
+    out = tmp_path_factory.mktemp("reference") / "reference_set"  # a name no other test uses: load_dataset caches by name
     main(recover_config(assets, out, classes_per_batch=2))
     return out
 

@@ -467,9 +467,9 @@ def test_a_transformers_backbone_without_preprocessor_config_needs_an_explicit_s
     assert "assuming 224-px input, ImageNet mean/std" in caplog.text
     assert not out.exists()
     recover.main(recover_config(world["noise"], tmp_path / "hf", out, image_size=16, iterations=2))
-    import datasets
+    from hf_scdd.hub import load_distilled
 
-    assert datasets.load_dataset(str(out), split="train")[0]["image"].size == (16, 16)
+    assert load_distilled(out)[0][0]["image"].size == (16, 16)
 
 
 # --------------------------------------------------------------------------------------------------------
