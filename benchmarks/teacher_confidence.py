@@ -49,11 +49,10 @@ def main() -> None:
                  "recovery model": load_backbone(str(models / "probe_mocov2"))}
     print(f"{args.dataset}, T = {args.temperature:g}; machine: {hardware_line()}\n")
     print("| set | model | top-1 on the set | mean p(label) | mean entropy at T (nats) |\n|---|---|---:|---:|---:|")
+    channels, size = int(getattr(observers["teacher"], "in_channels", 3)), int(observers["teacher"].image_size)
     for name in args.sets:
         dataset, _, _ = load_distilled(Path(args.root) / "fidelity" / args.dataset / "sets" / name)
-        model = observers["teacher"]
-        pixels, labels = distilled_images(dataset, int(getattr(model, "in_channels", 3)), int(model.image_size))
-        pixels = pixels.float() / 255.0
+        pixels, labels = distilled_images(dataset, channels, size)  # uint8: normalize scales it
         for tag, observer in observers.items():
             row = confidence(observer, pixels, labels, args.temperature)
             print(f"| {name} | {tag} | {100 * row['top1']:.1f} % | {row['p_label']:.3f} | {row['entropy']:.3f} |")

@@ -295,11 +295,15 @@ class BNStatsRecorder:
         self.variances: list[torch.Tensor | None] = [None] * len(self.layers)
         self.image_means: list[torch.Tensor | None] = [None] * len(self.layers)
         self.image_variances: list[torch.Tensor | None] = [None] * len(self.layers)
-        self.first_index: int | None = None
         self.first_indices: dict[int, int] = {}
         self._member_of = member_of_layers(model, self.layers)
         self._handles: list = []
         self._targets: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def first_index(self) -> int | None:
+        """The first layer the input met (the first member's, for an ensemble); None before a forward pass."""
+        return next(iter(self.first_indices.values()), None)
 
     # -- hook management -------------------------------------------------------------------------------
     def __enter__(self) -> BNStatsRecorder:
@@ -319,8 +323,6 @@ class BNStatsRecorder:
 
     def _hook(self, index: int):
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            if self.first_index is None:
-                self.first_index = index
             self.first_indices.setdefault(self._member_of[index], index)
             if self.class_weight > 0:
                 means, variances, image_means, image_variances = image_and_group_mean_var(inputs[0], self.groups)
@@ -355,7 +357,7 @@ class BNStatsRecorder:
     def layer_weights(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """``[L]`` weights: ``first_bn_multiplier`` for the first layer the input met, 1 for the others."""
         weights = torch.ones(len(self.layers), device=device)
-        weights[list(self.first_indices.values()) or [self.first_index or 0]] = self.first_bn_multiplier
+        weights[list(self.first_indices.values()) or [0]] = self.first_bn_multiplier
         return weights
 
     def per_layer_terms(self, labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -43,18 +43,16 @@ class ObserverEnsemble(nn.Module):
         self.image_size = getattr(first, "image_size", None)
         self.class_names = getattr(first, "class_names", None)
         # per member: scale and shift that turn member 0's normalised input into the member's own
-        for i, member in enumerate(members):
-            scale, shift = renormalisation(self.mean, self.std, list(member.mean), list(member.std))
-            self.register_buffer(f"scale_{i}", scale, persistent=False)
-            self.register_buffer(f"shift_{i}", shift, persistent=False)
+        scales, shifts = zip(*(renormalisation(self.mean, self.std, list(m.mean), list(m.std)) for m in members))
+        self.register_buffer("scales", torch.stack(scales), persistent=False)
+        self.register_buffer("shifts", torch.stack(shifts), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean float32 logits of every member on ``x`` (normalised with member 0's statistics)."""
-        total = None
-        for i, member in enumerate(self.members):
-            out = member(x * getattr(self, f"scale_{i}") + getattr(self, f"shift_{i}"))
-            logits = (out.logits if hasattr(out, "logits") else out).float()
-            total = logits if total is None else total + logits
+        total = 0.0
+        for member, scale, shift in zip(self.members, self.scales, self.shifts):
+            out = member(x * scale + shift)
+            total = total + (out.logits if hasattr(out, "logits") else out).float()
         return total / len(self.members)
 
 
