@@ -177,18 +177,24 @@ def benchmark_setup(name: str, root: str | Path) -> tuple[DatasetSetup, Path]:
     return setup, Path(root) / "models" / name
 
 
-def train_models(setup: DatasetSetup, models: Path, workers: int = 2) -> None:
-    """Squeeze (teacher, MoCo v2, supervised control) and the probes; finished ones are skipped."""
-    run_all(squeeze_commands(setup, models), models / "logs", workers=workers)
-    run_all(probe_commands(setup, models), models / "logs", workers=workers)
+SSL_MODELS = ("teacher", "mocov2", "probe_mocov2")
+"""The models a benchmark of the SSL recovery model alone needs: the KD teacher and MoCo v2 with its probe (the
+supervised control is the fidelity table's SRe²L rows only)."""
+
+
+def train_models(setup: DatasetSetup, models: Path, workers: int = 2, only: tuple[str, ...] | None = None) -> None:
+    """Squeeze (teacher, MoCo v2, supervised control) and the probes, or the ``only`` ones of them; finished ones
+    are skipped."""
+    for commands in (squeeze_commands(setup, models), probe_commands(setup, models)):
+        run_all([c for c in commands if only is None or c[0] in only], models / "logs", workers=workers)
 
 
 def start_benchmark(tag: str, args: Any) -> tuple[DatasetSetup, Path, Path]:
     """``(setup, models folder, work folder)`` of a per-IPC benchmark (``<root>/<tag>/<dataset>-ipc<N>``), after
-    printing the hardware line its figures go with and training any missing models."""
+    printing the hardware line its figures go with and training any missing model it needs (:data:`SSL_MODELS`)."""
     setup, models = benchmark_setup(args.dataset, args.root)
     print(f"[{tag}] {hardware_line()}", flush=True)
-    train_models(setup, models, args.workers)
+    train_models(setup, models, args.workers, only=SSL_MODELS)
     return setup, models, Path(args.root) / tag / f"{args.dataset}-ipc{args.ipc}"
 
 

@@ -16,6 +16,7 @@ everything is resumable. Writes ``benchmarks/results/sweep/<dataset>-ipc<N>.{md,
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from hf_scdd.training.post_train import STUDENT_LR
@@ -69,6 +70,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the recovery and of the single-seed students")
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     p.add_argument("--steps", type=int, default=3000, help="student optimiser steps")
+    p.add_argument("--label_modes", nargs="+", default=["hard", "online"], choices=["hard", "online"],
+                   help="student label modes (a screen of one cell can train only its mode; the score is the mean "
+                        "of the modes trained)")
     p.add_argument("--confirm", type=int, default=0, help="re-evaluate the best N candidates with 3 seeds")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--root", default=str(HERE / "results"))
@@ -92,17 +96,23 @@ def evaluate_candidates(args, setup, models: Path, work: Path, names: list[str],
     evaluate = [
         (f"evaluate_{name}_{tag}", evaluate_command(
             setup, work / name / "distilled", work / name / f"evaluate_{tag}", models / "teacher",
-            modes=["hard", "online"], seeds=seeds, steps=args.steps, random_baseline=(i == 0)))
+            modes=args.label_modes, seeds=seeds, steps=args.steps, random_baseline=(i == 0)))
         for i, name in enumerate(names)
     ]
     run_all(evaluate, work / "logs", workers=args.workers)
 
 
 def score(results: dict, key: str) -> tuple[float, float, float]:
-    """(hard, KD, their mean) final top-1 in percent of one set in an evaluation."""
-    hard = 100 * results["results"][f"{key}/hard"]["final_top1_mean"]
-    kd = 100 * results["results"][f"{key}/online"]["final_top1_mean"]
-    return hard, kd, (hard + kd) / 2
+    """(hard, KD, the mean of those trained) final top-1 in percent of one set in an evaluation; NaN for a label
+    mode the evaluation did not train."""
+    found = {mode: 100 * results["results"][f"{key}/{mode}"]["final_top1_mean"]
+             for mode in ("hard", "online") if f"{key}/{mode}" in results["results"]}
+    return found.get("hard", math.nan), found.get("online", math.nan), sum(found.values()) / len(found)
+
+
+def percent(value: float) -> str:
+    """A top-1 cell: two decimals, or – for a label mode not trained."""
+    return "–" if math.isnan(value) else f"{value:.2f}"
 
 
 def table(args, work: Path, names: list[str], tag: str) -> tuple[str, list[dict]]:
@@ -120,19 +130,21 @@ def table(args, work: Path, names: list[str], tag: str) -> tuple[str, list[dict]
     for row in sorted(rows, key=lambda r: -r["scores"][2]):
         hard, kd, mean = row["scores"]
         fields = ", ".join(f"{k}={v}" for k, v in row["config"].items())
-        lines.append(f"| {row['name']} | {hard:.2f} | {kd:.2f} | {mean:.2f} | {mean - base[2]:+.2f} | {fields} |")
+        lines.append(f"| {row['name']} | {percent(hard)} | {percent(kd)} | {mean:.2f} | {mean - base[2]:+.2f} | {fields} |")
     return "\n".join(lines) + "\n", rows
 
 
 def main() -> None:
     args = parse_args()
     setup, models, work = start_benchmark("sweep", args)
-    evaluate_candidates(args, setup, models, work, args.candidates, [args.seed], f"seed{args.seed}")
-    text, rows = table(args, work, args.candidates, f"seed{args.seed}")
+    only = "" if sorted(args.label_modes) == ["hard", "online"] else "-" + "-".join(args.label_modes)
+    tag = f"seed{args.seed}{only}"
+    evaluate_candidates(args, setup, models, work, args.candidates, [args.seed], tag)
+    text, rows = table(args, work, args.candidates, tag)
     if args.confirm:
         best = [r["name"] for r in sorted(rows[1:], key=lambda r: -r["scores"][2])[: args.confirm]]
-        evaluate_candidates(args, setup, models, work, best, [0, 1, 2], "seeds012")
-        text += "\n" + table(args, work, best, "seeds012")[0]
+        evaluate_candidates(args, setup, models, work, best, [0, 1, 2], f"seeds012{only}")
+        text += "\n" + table(args, work, best, f"seeds012{only}")[0]
     write_report(work, text, {"args": vars(args), "rows": rows})
 
 

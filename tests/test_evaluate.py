@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hf_scdd.errors import ConfigError
 from hf_scdd.formats.soft_labels import SoftLabelStore
 from hf_scdd.losses.distillation import kd_loss
 from hf_scdd.models.loading import teacher_fn
@@ -211,3 +212,46 @@ def test_full_data_baseline_runs_kd_beside_hard_labels(tmp_path):
         assert run["num_images"] == 18 and run["mode"] == mode and run["steps"] == 5 and run["test_count"] == 12
     # the same views and seed, other targets: the KD run's losses are the teacher's, not the labels'
     assert report["runs"]["full/online"][0]["loss"] != report["runs"]["full/hard"][0]["loss"]
+
+
+def _compiled_evaluation(folder: Path, real: Path, distilled: Path, teacher: Path, compile_model: bool) -> dict:
+    return run_evaluation(EvaluateConfig(
+        output_dir=str(folder), distilled=str(distilled), dataset=str(real), teacher=str(teacher),
+        label_modes=["hard", "online"], arch="resnet10", width=4, steps=12, eval_points=1, batch_size=4, seeds=[0],
+        random_baseline=False, report_to="none", cpu=True, mixed_precision="no", compile=compile_model,
+    ))
+
+
+def test_compiled_students_train_like_eager_ones_and_save_the_same_model(tmp_path):
+    """--compile trains the student's forward under torch.compile: reproducible, within rounding of the eager
+    run (the same views, targets and optimiser steps), and the saved student is the plain module's files."""
+    pytest.importorskip("torch._inductor")
+    real = write_image_dataset(tmp_path / "real", n_train_per_class=6, n_test_per_class=4)
+    tiny_teacher(tmp_path / "teacher")
+    distilled = write_distilled(tmp_path / "dist", ipc=3)  # 9 images at batch 4: a full and a partial batch shape
+    eager = _compiled_evaluation(tmp_path / "eager", real, distilled, tmp_path / "teacher", False)
+    compiled = _compiled_evaluation(tmp_path / "compiled", real, distilled, tmp_path / "teacher", True)
+    again = _compiled_evaluation(tmp_path / "again", real, distilled, tmp_path / "teacher", True)
+    assert compiled["runs"] == again["runs"]
+    assert_same_tensors(tmp_path / "compiled" / "student" / "model.safetensors",
+                        tmp_path / "again" / "student" / "model.safetensors")
+    for key in ("distilled/hard", "distilled/online"):
+        (run_eager,), (run_compiled,) = eager["runs"][key], compiled["runs"][key]
+        assert run_compiled["steps"] == run_eager["steps"] == 12
+        losses_eager, losses_compiled = (torch.tensor([loss for _, loss in run["loss"]]) for run in (run_eager, run_compiled))
+        torch.testing.assert_close(losses_compiled, losses_eager, rtol=1e-3, atol=1e-5)
+    from safetensors.torch import load_file
+
+    plain = load_file(tmp_path / "eager" / "student" / "model.safetensors")
+    saved = load_file(tmp_path / "compiled" / "student" / "model.safetensors")
+    assert saved.keys() == plain.keys() and not any("_orig_mod" in k for k in saved)
+    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["config"]["compile"] is True
+
+
+def test_compile_without_a_cxx_compiler_is_one_clear_line(tmp_path, monkeypatch):
+    real = write_image_dataset(tmp_path / "real", n_train_per_class=2, n_test_per_class=2)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler on it
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ConfigError, match="--compile true needs a C\\+\\+ compiler"):
+        _compiled_evaluation(tmp_path / "eval", real, write_distilled(tmp_path / "dist", ipc=1), tmp_path / "t", True)
+    assert not (tmp_path / "eval").exists()

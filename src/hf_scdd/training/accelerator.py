@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -97,6 +98,40 @@ class Precision:
     def grad_scaler(self):
         """A fresh ``GradScaler`` for fp16 (small gradients would underflow), ``None`` otherwise."""
         return torch.amp.GradScaler(self.device_type) if self.name == "fp16" else None
+
+
+CXX_COMPILERS = ("g++", "c++", "clang++")
+"""What torch.compile's inductor backend builds its CPU kernels with (``$CXX`` first)."""
+
+
+def check_compile(device: torch.device | str) -> None:
+    """Refuse ``--compile`` where inductor cannot build kernels: on the CPU it needs a C++ compiler, and without
+    one the first training step would fail deep inside torch with a long traceback."""
+    if torch.device(device).type != "cpu":
+        return
+    names = [os.environ.get("CXX", ""), *CXX_COMPILERS]
+    if not any(name and shutil.which(name) for name in names):
+        raise ConfigError(
+            "--compile true needs a C++ compiler for torch.compile's inductor backend on the CPU, and none of "
+            f"$CXX, {', '.join(CXX_COMPILERS)} was found: install one (e.g. apt install g++) or drop --compile"
+        )
+
+
+def training_forward(model: torch.nn.Module, compile_model: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What a stage's training steps call the model through: the model itself, or with ``compile_model`` the
+    same module under ``torch.compile`` (inductor, static shapes).
+
+    Why only the training forward: evaluation, checkpoints and the saved model keep using the module itself
+    (the compiled wrapper shares its parameters and buffers), so a compiled run writes the same files, with the
+    same names, as an eager one. A tiny model's step is mostly per-operator overhead that fused kernels remove
+    (benchmarks/train_speed.py: the built-in ResNet-10 width-16 student at batch 64 steps 1.4x faster compiled
+    in bf16); the price is a one-off compile per batch shape (15-30 s on 2 CPU cores), so it pays off for runs
+    of thousands of steps, not for short ones. Compiled kernels round differently from eager ones: a compiled
+    run is reproducible, but not bit-identical to an eager run of the same config.
+    """
+    if not compile_model:
+        return model
+    return torch.compile(model, dynamic=False)
 
 
 def autocast_of(precision: Precision | None):

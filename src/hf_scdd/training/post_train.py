@@ -40,7 +40,7 @@ from ..losses.distillation import kd_loss, mixed_hard_loss
 from ..models.loading import teacher_fn
 from ..models.resnet import ResNet, save_model_atomically
 from ..utils import atomic_write_text
-from .accelerator import Precision, finish_trackers, make_accelerator
+from .accelerator import Precision, finish_trackers, make_accelerator, training_forward
 from .evaluation import evaluate_top1
 from .loop import IndexDataset, cosine_schedule, remove_checkpoints, train
 
@@ -123,6 +123,7 @@ class StudentSettings(Protocol):
     output_dir: str
     cpu: bool
     mixed_precision: str
+    compile: bool
     report_to: str
 
     def view_spec(self) -> ViewSpec: ...
@@ -287,9 +288,11 @@ def train_student(
     def preprocess(pixels: torch.Tensor) -> torch.Tensor:
         return normalize(pixels, data.mean, data.std)
 
+    forward = training_forward(student, config.compile)
+
     def step_fn(batch: torch.Tensor) -> dict[str, torch.Tensor]:
         with precision.autocast():
-            return {"loss": source.loss(student, int(batch[0]), preprocess, device)}
+            return {"loss": source.loss(forward, int(batch[0]), preprocess, device)}
 
     def on_epoch_end(epoch: int) -> dict[str, float]:
         if epoch + 1 not in scored:
