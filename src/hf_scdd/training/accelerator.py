@@ -117,17 +117,16 @@ def check_compile(device: torch.device | str) -> None:
         )
 
 
-def training_forward(model: torch.nn.Module, compile_model: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """What a stage's training steps call the model through: the model itself, or with ``compile_model`` the
-    same module under ``torch.compile`` (inductor, static shapes).
+def compiled_forward(model: torch.nn.Module, compile_model: bool) -> torch.nn.Module:
+    """What a stage's steps call a model through: the model itself, or with ``compile_model`` the same module
+    under ``torch.compile`` (inductor, static shapes; attributes and ``train()`` reach the module itself).
 
-    Why only the training forward: evaluation, checkpoints and the saved model keep using the module itself
-    (the compiled wrapper shares its parameters and buffers), so a compiled run writes the same files, with the
-    same names, as an eager one. A tiny model's step is mostly per-operator overhead that fused kernels remove
-    (benchmarks/train_speed.py: the built-in ResNet-10 width-16 student at batch 64 steps 1.4x faster compiled
-    in bf16); the price is a one-off compile per batch shape (15-30 s on 2 CPU cores), so it pays off for runs
-    of thousands of steps, not for short ones. Compiled kernels round differently from eager ones: a compiled
-    run is reproducible, but not bit-identical to an eager run of the same config.
+    Why a wrapper and not the module compiled in place: evaluation, checkpoints and the saved model keep using
+    the module itself (the wrapper shares its parameters and buffers), so a compiled run writes the same files,
+    with the same names, as an eager one. A tiny model's step is mostly per-operator overhead that fused kernels
+    remove (benchmarks/train_speed.py); the price is a one-off compile per batch shape and mode (15-30 s on 2 CPU
+    cores), so it pays off for runs of thousands of steps, not for short ones. Compiled kernels round
+    differently from eager ones: a compiled run is reproducible, but not bit-identical to an eager run.
     """
     if not compile_model:
         return model

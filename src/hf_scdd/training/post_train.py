@@ -40,7 +40,7 @@ from ..losses.distillation import kd_loss, mixed_hard_loss
 from ..models.loading import teacher_fn
 from ..models.resnet import ResNet, save_model_atomically
 from ..utils import atomic_write_text
-from .accelerator import Precision, finish_trackers, make_accelerator, training_forward
+from .accelerator import Precision, compiled_forward, finish_trackers, make_accelerator
 from .evaluation import evaluate_top1
 from .loop import IndexDataset, cosine_schedule, remove_checkpoints, train
 
@@ -273,7 +273,8 @@ def train_student(
     teacher_call = None
     if mode == "online":
         teacher = teacher.to(device)
-        teacher_call = teacher_fn(teacher, data.mean, data.std, train_mode=config.teacher_train_mode)
+        teacher_call = teacher_fn(compiled_forward(teacher, config.compile), data.mean, data.std,
+                                  train_mode=config.teacher_train_mode)
     source = TargetSource(
         mode, images=images if isinstance(images, ImageSource) else images.to(device), labels=labels, batch_size=batch_size, view_spec=config.view_spec(),
         seed=seed, temperature=config.temperature, t2=config.t2_factor, teacher=teacher_call, store=store,
@@ -288,7 +289,7 @@ def train_student(
     def preprocess(pixels: torch.Tensor) -> torch.Tensor:
         return normalize(pixels, data.mean, data.std)
 
-    forward = training_forward(student, config.compile)
+    forward = compiled_forward(student, config.compile)
 
     def step_fn(batch: torch.Tensor) -> dict[str, torch.Tensor]:
         with precision.autocast():
