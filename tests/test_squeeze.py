@@ -160,3 +160,23 @@ def test_probe_kill_and_resume_is_bit_identical(tiny_dataset, tmp_path):
     assert not (out / "checkpoints").exists()
     uninterrupted = probe(ProbeConfig(output_dir=str(tmp_path / "whole"), **values))
     assert_same_tensors(resumed / "model.safetensors", uninterrupted / "model.safetensors")
+
+
+def test_compiled_mocov2_trains_like_the_eager_one(tiny_dataset, tmp_path):
+    """--compile runs the squeeze's training forward (MoCo's split-BN query encoder) under torch.compile: the
+    same steps and losses as the eager run within rounding, reproducible, and a backbone saved under the plain
+    module's names. (The supervised plan wraps its model the same way.)"""
+    pytest.importorskip("torch._inductor")
+    runs = {}
+    for name, compile_model in (("eager", False), ("compiled", True), ("again", True)):
+        out = tmp_path / name
+        path = squeeze(SqueezeConfig(output_dir=str(out), dataset=tiny_dataset, epochs=2,
+                                     mixed_precision="no", compile=compile_model, **TINY))
+        runs[name] = (torch.tensor([row["loss"] for row in _metrics(out)]), path)
+    (eager, eager_path), (compiled, compiled_path), (again, again_path) = runs["eager"], runs["compiled"], runs["again"]
+    assert len(compiled) == len(eager) == 2 * (128 // 32)
+    torch.testing.assert_close(compiled, eager, rtol=2e-3, atol=1e-4)
+    assert torch.equal(compiled, again)
+    assert_same_tensors(compiled_path / "model.safetensors", again_path / "model.safetensors")
+    plain, saved = (ResNet.from_pretrained(p).state_dict() for p in (eager_path, compiled_path))
+    assert saved.keys() == plain.keys()

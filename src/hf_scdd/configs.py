@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = [
-    "ConfigError", "DistilledSetFields", "PostTrainViewFields", "StageConfig", "check_config",
+    "CompileFields", "ConfigError", "DistilledSetFields", "PostTrainViewFields", "StageConfig", "check_config",
     "check_or_write_config", "config_from_dict", "discard_on_failure", "in_range", "load_yaml", "parse_config",
     "record_config", "record_runtime", "save_config",
 ]
@@ -169,6 +169,18 @@ class DistilledSetFields:
 
     def checks(self) -> list[Check]:
         return [*super().checks(), (self.distilled is None or bool(self.distilled), "--distilled must not be empty")]
+
+
+@dataclass
+class CompileFields:
+    """``--compile``, shared by the stages that train a model (squeeze, evaluate)."""
+
+    compile: bool = field(
+        default=False,
+        metadata={"help": "Run the training forward under torch.compile (inductor; on the CPU it needs a C++ "
+                  "compiler): faster steps after a one-off compile per batch shape, so it pays off for long runs. "
+                  "Reproducible, but not bit-identical to an eager run."},
+    )
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..configs import (
-    Check, ConfigError, DistilledSetFields, PostTrainViewFields, StageConfig, check_config, discard_on_failure,
+    Check, CompileFields, ConfigError, DistilledSetFields, PostTrainViewFields, StageConfig, check_config, discard_on_failure,
     in_range, record_config,
 )
 from ..data.loading import ImageData
@@ -42,7 +42,7 @@ from ..utils import atomic_write_text, use_cpu
 logger = logging.getLogger(__name__)
 
 @dataclass
-class EvaluateConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
+class EvaluateConfig(PostTrainViewFields, DistilledSetFields, CompileFields, StageConfig):
     """``hf-scdd evaluate``: a student trained on the distilled set, with same-protocol baselines."""
 
     soft_labels: str | None = field(default=None, metadata={"help": "Soft-label folder (default: the distilled set's)."})
@@ -84,12 +84,6 @@ class EvaluateConfig(PostTrainViewFields, DistilledSetFields, StageConfig):
     )
     full_data_steps: int | None = field(default=None, metadata={"help": "Steps of the full-data run (default: --steps)."})
     save_student: bool = field(default=True, metadata={"help": "Save the first seed's student as a Hub-ready model."})
-    compile: bool = field(
-        default=False,
-        metadata={"help": "Train every student's forward under torch.compile (inductor; on the CPU it needs a C++ "
-                  "compiler): faster steps after a one-off compile per batch shape, so it pays off for long budgets. "
-                  "Reproducible, but not bit-identical to an eager run."},
-    )
 
     def checks(self) -> list[Check]:
         unknown = [m for m in self.label_modes if m not in LABEL_MODES]

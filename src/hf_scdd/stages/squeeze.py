@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..configs import Check, ConfigError, StageConfig, discard_on_failure, in_range
+from ..configs import Check, CompileFields, ConfigError, StageConfig, discard_on_failure, in_range
 from ..hub.push import push_model_folder
 from ..models.loading import BACKBONE_DIR
 from ..models.resnet import ARCHITECTURES, STEMS, plain_resnet, save_model_atomically
@@ -31,7 +31,7 @@ METHODS = ("mocov2", "supervised")
 
 
 @dataclass
-class SqueezeConfig(StageConfig):
+class SqueezeConfig(CompileFields, StageConfig):
     """``hf-scdd squeeze``: MoCo v2 (default) or supervised pre-training of a BN ResNet.
 
     Defaults: the MoCo CIFAR recipe (K=4096, m=0.99, T=0.1, MLP head, 128-d, 8 BN splits, SGD lr 0.06

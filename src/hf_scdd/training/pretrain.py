@@ -22,7 +22,7 @@ from ..data.loading import ImageData
 from ..errors import SqueezeError
 from ..models.moco import MoCoKeyState, ProjectionEncoder, info_nce, shuffled_keys, use_split_batchnorm
 from ..models.resnet import ResNet
-from .accelerator import Precision
+from .accelerator import Precision, compiled_forward
 
 
 class PretrainSettings(Protocol):
@@ -38,6 +38,7 @@ class PretrainSettings(Protocol):
     moco_m: float
     moco_t: float
     crop_min_scale: float
+    compile: bool
 
 
 @dataclass
@@ -81,11 +82,13 @@ def plan_mocov2(config: PretrainSettings, data: ImageData, accelerator) -> Train
     augment = ssl_view_augmentation(data.channels, data.image_size, crop_scale=(config.crop_min_scale, 1.0))
 
     def make_step_fn(acc, prepared: nn.Module, precision: Precision) -> Callable:
+        forward = compiled_forward(prepared, config.compile)  # the query encoder; the key encoder stays eager
+
         def step(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
             x, _ = batch
             view_q, view_k = (data.normalize(v) for v in two_views(augment, x))
             with precision.autocast():
-                q = prepared(view_q).float()
+                q = forward(view_q).float()
             key_state.encoder.train()
             key_state.momentum_update(acc.unwrap_model(prepared), config.moco_m)
             k = shuffled_keys(acc, key_state.encoder, view_k, precision=precision)
@@ -104,11 +107,13 @@ def plan_supervised(config: PretrainSettings, data: ImageData, accelerator) -> T
     augment = supervised_view_augmentation(data.image_size)
 
     def make_step_fn(acc, prepared: nn.Module, precision: Precision) -> Callable:
+        forward = compiled_forward(prepared, config.compile)
+
         def step(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
             images, y = batch
             x = data.normalize(augment(to_unit_float(images)))
             with precision.autocast():
-                logits = prepared(x).float()
+                logits = forward(x).float()
             return {"loss": F.cross_entropy(logits, y), "train_top1": (logits.argmax(1) == y).float().mean()}
 
         return step

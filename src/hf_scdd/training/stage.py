@@ -17,7 +17,7 @@ from typing import Any
 from ..configs import StageConfig, check_config, record_config, record_runtime
 from ..data.loading import ImageData, load_image_dataset
 from ..utils import use_cpu
-from .accelerator import Precision, make_accelerator
+from .accelerator import Precision, check_compile, make_accelerator
 
 
 @dataclass
@@ -38,6 +38,8 @@ def start_stage(config: StageConfig, run_name: str, final: Path) -> StageStart:
     config.validate()
     state = PartialState(cpu=use_cpu(config.cpu))  # the CPU decision make_accelerator will make
     precision = Precision.resolve(config.mixed_precision, state.device)
+    if getattr(config, "compile", False):
+        check_compile(state.device)
     check_config(config, config.output_dir)
     finished = (final / "model.safetensors").exists()
     if finished and state.is_main_process:
