@@ -252,6 +252,6 @@ def test_compile_without_a_cxx_compiler_is_one_clear_line(tmp_path, monkeypatch)
     real = write_image_dataset(tmp_path / "real", n_train_per_class=2, n_test_per_class=2)
     monkeypatch.setenv("PATH", str(tmp_path))  # no compiler on it
     monkeypatch.delenv("CXX", raising=False)
-    with pytest.raises(ConfigError, match="--compile true needs a C\\+\\+ compiler"):
+    with pytest.raises(ConfigError, match="compile: true needs a C\\+\\+ compiler"):
         _compiled_evaluation(tmp_path / "eval", real, write_distilled(tmp_path / "dist", ipc=1), tmp_path / "t", True)
     assert not (tmp_path / "eval").exists()

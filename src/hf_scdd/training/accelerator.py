@@ -112,8 +112,8 @@ def check_compile(device: torch.device | str) -> None:
     names = [os.environ.get("CXX", ""), *CXX_COMPILERS]
     if not any(name and shutil.which(name) for name in names):
         raise ConfigError(
-            "--compile true needs a C++ compiler for torch.compile's inductor backend on the CPU, and none of "
-            f"$CXX, {', '.join(CXX_COMPILERS)} was found: install one (e.g. apt install g++) or drop --compile"
+            "compile: true needs a C++ compiler for torch.compile's inductor backend on the CPU, and none of "
+            f"$CXX, {', '.join(CXX_COMPILERS)} was found: install one (e.g. apt install g++) or run without compile"
         )
 
 
