@@ -146,6 +146,16 @@ def evaluate_command(setup: DatasetSetup, distilled: Path, out: Path, teacher: P
     )
 
 
+STUDENT_MODES = ["hard", "online"]
+"""The label modes the benchmarks train students with: hard labels and online KD."""
+
+
+def modes_suffix(modes: list[str]) -> str:
+    """The folder-name suffix of an evaluation that trained only some label modes (``""`` for both,
+    ``"-online"`` for KD alone), so evaluations of other modes never share a folder."""
+    return "" if sorted(modes) == sorted(STUDENT_MODES) else "-" + "-".join(modes)
+
+
 def mode_label(mode: str) -> str:
     """A label mode as the reports name it: ``KD`` for online teacher labels, else the mode."""
     return "KD" if mode == "online" else mode

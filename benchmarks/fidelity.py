@@ -50,7 +50,7 @@ from hf_scdd.training.post_train import STUDENT_LR
 
 from common import (
     DATASETS, FIRST_LIGHT_REFINEMENT, HERE, benchmark_setup, evaluate_command, hardware_line, read_results, run_all,
-    stage_command, mode_label, supervised_dir, train_models, unrefined_medoids,
+    STUDENT_MODES, modes_suffix, stage_command, mode_label, supervised_dir, train_models, unrefined_medoids,
 )
 
 PARTS = ("models", "sets", "students", "table")
@@ -62,7 +62,7 @@ PROTOCOLS: dict[str, dict] = {"pad": {}, "rrc": dict(crop="rrc", crop_scale_min=
 PROTOCOL_TEXT = {"pad": "pad-crop (4 px)", "rrc": "RandomResizedCrop (area 0.25-1)"}
 ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_strata", "hf_scdd_strata_core", "hf_scdd_teacher",
         "hf_scdd_refined", "hf_scdd_cifar", "hf_scdd_observers")
-MODES = ["hard", "online"]
+MODES = STUDENT_MODES
 # evaluate's default budget: its folders and table keep the plain names
 DEFAULT_STEPS: int = next(f.default for f in dataclasses.fields(EvaluateConfig) if f.name == "steps")
 # Paired sections of the table (row − base per student seed): what each refinement adds to its medoids
@@ -161,7 +161,7 @@ def evaluation_dir(work: Path, name: str, ipc: int, seeds: list[int], variant: s
                    modes: list[str] = MODES) -> Path:
     """One evaluation folder per (row, IPC, seeds, label modes): a row evaluated with fewer seeds or modes first
     keeps its folder, and the table merges them by seed."""
-    only = "" if sorted(modes) == sorted(MODES) else "-" + "-".join(modes)
+    only = modes_suffix(modes)
     return evaluations(work, variant) / f"{name}-ipc{ipc}-seeds{''.join(map(str, seeds))}{only}"
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from hf_scdd.training.post_train import STUDENT_LR
 
 from common import (
-    DATASETS, HERE, evaluate_command, hardware_line, read_results, run_all, stage_command, start_benchmark,
-    write_report,
+    DATASETS, HERE, STUDENT_MODES, evaluate_command, hardware_line, modes_suffix, read_results, run_all,
+    stage_command, start_benchmark, write_report,
 )
 
 
@@ -70,7 +70,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the recovery and of the single-seed students")
     p.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     p.add_argument("--steps", type=int, default=3000, help="student optimiser steps")
-    p.add_argument("--label_modes", nargs="+", default=["hard", "online"], choices=["hard", "online"],
+    p.add_argument("--label_modes", nargs="+", default=STUDENT_MODES, choices=STUDENT_MODES,
                    help="student label modes (a screen of one cell can train only its mode; the score is the mean "
                         "of the modes trained)")
     p.add_argument("--confirm", type=int, default=0, help="re-evaluate the best N candidates with 3 seeds")
@@ -137,7 +137,7 @@ def table(args, work: Path, names: list[str], tag: str) -> tuple[str, list[dict]
 def main() -> None:
     args = parse_args()
     setup, models, work = start_benchmark("sweep", args)
-    only = "" if sorted(args.label_modes) == ["hard", "online"] else "-" + "-".join(args.label_modes)
+    only = modes_suffix(args.label_modes)
     tag = f"seed{args.seed}{only}"
     evaluate_candidates(args, setup, models, work, args.candidates, [args.seed], tag)
     text, rows = table(args, work, args.candidates, tag)

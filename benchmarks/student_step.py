@@ -53,14 +53,14 @@ class Setting:
         self.precision = Precision(precision, "cpu")
         self.seconds: dict[str, list[float]] = {part: [] for part in PARTS}
         self.steps = 0
+        protocol = EvaluateConfig()  # evaluate's default views and batch size
+        self.view_spec, self.batch_size = protocol.view_spec(), protocol.batch_size
 
     def epoch(self, images: torch.Tensor, epoch: int, count: bool) -> None:
-        spec, batch = EvaluateConfig().view_spec(), EvaluateConfig().batch_size
-        marks = [time.perf_counter()]
-        plan = make_epoch_plan(len(images), batch, spec, 0, epoch, images.shape[-1])
-        marks.append(time.perf_counter())
-        plan_seconds = marks[1] - marks[0]
-        for b in range(-(-len(images) // batch)):
+        start = time.perf_counter()
+        plan = make_epoch_plan(len(images), self.batch_size, self.view_spec, 0, epoch, images.shape[-1])
+        plan_seconds = time.perf_counter() - start
+        for b in range(-(-len(images) // self.batch_size)):
             start = time.perf_counter()
             views = (render_views(images[plan.order[plan.batch_slots(b)].long()], plan, b, "cpu") - 0.5) / 0.25
             t_views = time.perf_counter()
