@@ -71,6 +71,8 @@ def hardware_line() -> str:
 
     hw = hardware_summary()
     line = f"{hw['cpu_model']} ({hw['cpu_kind']}; flags {', '.join(hw['cpu_flags']) or 'none'}), {hw['cores']} cores"
+    if hw["onednn_isa_cap"]:
+        line += f", oneDNN capped at {hw['onednn_isa_cap']}"
     return line + (f", GPU {hw['gpu']}" if hw["gpu"] else "") + f", torch {hw['torch']}"
 
 

@@ -64,22 +64,27 @@ def hardware_line(device: str) -> str:
     hw = hardware_summary()
     flags = ", ".join(f"{flag} {'yes' if flag in hw['cpu_flags'] else 'no'}" for flag in CPU_KIND_FLAGS)
     line = f"# hardware: {hw['cpu_model']}, {hw['cores']} cores ({flags}); torch {hw['torch']}"
+    if hw["onednn_isa_cap"]:
+        line += f"; oneDNN capped at {hw['onednn_isa_cap']} (bf16 units {'usable' if native_bf16(device) else 'not usable'})"
     if device.startswith("cuda"):
         line += f"; device {torch.cuda.get_device_name(torch.device(device))}"
     return line
 
 
-def default_precisions(device: str) -> str:
-    """``fp32,bf16`` where bf16 is native here (the library's CPU check, a bf16 GPU), else ``fp32``."""
+def native_bf16(device: str) -> bool:
+    """Whether bf16 is native here: a bf16 GPU, or the library's CPU check (flags and oneDNN's cap)."""
     import torch
 
     from hf_scdd.training.accelerator import cpu_has_fast_bf16
 
     if device.startswith("cuda"):
-        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    else:
-        native = cpu_has_fast_bf16()
-    return "fp32,bf16" if native else "fp32"
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_has_fast_bf16()
+
+
+def default_precisions(device: str) -> str:
+    """``fp32,bf16`` where bf16 is native here, else ``fp32``."""
+    return "fp32,bf16" if native_bf16(device) else "fp32"
 
 
 def build_model(channels: int, size: int, classes: int, device: str):

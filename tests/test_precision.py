@@ -39,6 +39,29 @@ def test_auto_follows_the_override_and_the_cpu_flags(monkeypatch):
         Precision.resolve("half", "cpu")
 
 
+def test_bf16_units_count_only_where_onednn_may_use_them():
+    from hf_scdd.utils import bf16_units_usable
+
+    assert bf16_units_usable("amx_bf16", None) and bf16_units_usable("avx512_bf16", None)
+    assert not bf16_units_usable("avx2", None) and not bf16_units_usable("other", None)
+    assert bf16_units_usable("amx_bf16", "AVX512_CORE_AMX") and bf16_units_usable("avx512_bf16", "AVX10_1_512_AMX")
+    assert bf16_units_usable("avx512_bf16", "AVX512_CORE_BF16")
+    for cap in ("AVX2", "AVX512_CORE", "AVX512_CORE_VNNI"):  # emulated bf16: many times slower than fp32
+        assert not bf16_units_usable("amx_bf16", cap) and not bf16_units_usable("avx512_bf16", cap)
+    assert not bf16_units_usable("amx_bf16", "AVX512_CORE_BF16")  # AMX CPU without AMX: no gain measured
+
+
+def test_auto_is_fp32_where_onednn_is_capped_below_the_bf16_units(monkeypatch):
+    from hf_scdd.utils import onednn_isa_cap
+
+    monkeypatch.delenv("HF_SCDD_AUTO_PRECISION", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert onednn_isa_cap() == "AVX2"
+    assert Precision.resolve("auto", "cpu").name == "no"  # whatever /proc/cpuinfo lists
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "all")
+    assert onednn_isa_cap() is None
+
+
 def test_autocast_scope():
     conv, x = nn.Conv2d(1, 2, 3), torch.randn(1, 1, 8, 8)
     with Precision("bf16", "cpu").autocast():

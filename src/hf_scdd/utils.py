@@ -131,7 +131,38 @@ def cpu_info() -> dict[str, Any]:
         pass
     present = [flag for flag in CPU_KIND_FLAGS if flag in flags]
     return {"cpu_model": model, "cpu_flags": present, "cpu_kind": present[0] if present else "other",
-            "cores": os.cpu_count()}
+            "onednn_isa_cap": onednn_isa_cap(), "cores": os.cpu_count()}
+
+
+ONEDNN_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+"""oneDNN's instruction-set cap (and its older name): the kernels torch's convolutions run never use an
+instruction set above it, whatever /proc/cpuinfo lists."""
+
+
+def onednn_isa_cap() -> str | None:
+    """The oneDNN instruction-set cap set in the environment (upper case), or None where there is none.
+
+    It matters for speed figures and for ``auto`` precision: on an AMX CPU capped at ``AVX2``, bf16 convolutions
+    are emulated and ran 11× *slower* than fp32 (benchmarks/RESULTS.md, "An AVX2-only machine, emulated")."""
+    for name in ONEDNN_ISA_ENV:
+        value = os.environ.get(name, "").strip().upper()
+        if value and value not in ("ALL", "DEFAULT"):
+            return value
+    return None
+
+
+def bf16_units_usable(cpu_kind: str, isa_cap: str | None) -> bool:
+    """Whether convolutions can use the CPU's native bf16 units: its kind (:data:`CPU_KIND_FLAGS`) allows them
+    and oneDNN's instruction-set cap (:func:`onednn_isa_cap`) does not rule them out.
+
+    AMX needs a cap that names AMX; AVX512-BF16 needs ``AVX512_CORE_BF16`` or above. An AMX CPU capped below AMX
+    gains nothing from bf16 (measured 0.92× at ``AVX512_CORE_BF16``), so it counts as having no usable units."""
+    if cpu_kind not in ("amx_bf16", "avx512_bf16"):
+        return False
+    if isa_cap is None or "AMX" in isa_cap:
+        return True
+    return cpu_kind == "avx512_bf16" and (isa_cap in ("AVX512_CORE_BF16", "AVX512_CORE_FP16")
+                                          or isa_cap.startswith("AVX10"))
 
 
 def hardware_summary() -> dict[str, Any]:

@@ -7,7 +7,8 @@ would fail. Instead each stage resolves its own :class:`Precision` from its ``--
 forward passes under ``precision.autocast()``.
 
 ``auto`` is bf16 where the hardware runs it natively (CUDA GPUs with bf16, CPUs with ``amx_bf16`` or
-``avx512_bf16``) and float32 elsewhere: emulated bf16 is ~17x *slower* than fp32 on an AVX2-only CPU.
+``avx512_bf16``, unless ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below them) and float32 elsewhere: emulated bf16 is
+~17x *slower* than fp32 on an AVX2-only CPU.
 ``$HF_SCDD_AUTO_PRECISION`` (``bf16`` | ``no``) forces the answer.
 """
 
@@ -26,16 +27,18 @@ import torch
 
 from ..configs import PRECISIONS
 from ..errors import ConfigError
-from ..utils import cpu_info, use_cpu
+from ..utils import bf16_units_usable, cpu_info, use_cpu
 
 AUTO_PRECISION_ENV = "HF_SCDD_AUTO_PRECISION"
 """Environment variable forcing what ``auto`` resolves to (``bf16`` or ``no``), e.g. to test both paths."""
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has native bf16 matrix units (AMX or AVX512-BF16); elsewhere bf16 is emulated and
-    many times *slower* than fp32 (measured: ~17× on an AVX2-only EPYC), so ``auto`` must not pick it."""
-    return cpu_info()["cpu_kind"] in ("amx_bf16", "avx512_bf16")
+    """True when the CPU has native bf16 matrix units (AMX or AVX512-BF16) that oneDNN may use (no
+    ``ONEDNN_MAX_CPU_ISA`` below them); elsewhere bf16 is emulated and many times *slower* than fp32 (measured:
+    ~17× on an AVX2-only EPYC, 11× on an AMX Xeon capped at AVX2), so ``auto`` must not pick it."""
+    info = cpu_info()
+    return bf16_units_usable(info["cpu_kind"], info["onednn_isa_cap"])
 
 
 def auto_precision(device_type: str) -> str:
