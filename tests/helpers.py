@@ -225,3 +225,15 @@ def write_sharded_parquet(folder: Path, train_shards=(72, 56), test_rows: int = 
     test_images, test_labels = quadrant_images(test_rows // 4, seed=5)
     _dataset(test_images, test_labels, 4).to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
     return folder
+
+
+def skip_unless_compile_allowed() -> None:
+    """Skip a compiled-training test where ``check_compile`` refuses on purpose (``ONEDNN_MAX_CPU_ISA`` below the
+    CPU's bf16 units, as set to emulate an AVX2-only machine: compiled steps aborted the process there)."""
+    import pytest
+
+    from hf_scdd.training.accelerator import cpu_capped_below_itself
+
+    pytest.importorskip("torch._inductor")
+    if cpu_capped_below_itself():
+        pytest.skip("torch.compile is refused under a oneDNN cap below this CPU's bf16 units (check_compile)")

@@ -21,8 +21,10 @@ from hf_scdd.stages.evaluate import EvaluateConfig, run_evaluation
 from hf_scdd.stages.relabel import RelabelConfig, relabel
 from hf_scdd.training.post_train import TargetSource, summarize_history
 from hf_scdd.training.report import aggregate, protocol_metrics
+from hf_scdd.utils import cpu_info
 from helpers import (
-    assert_same_tensors, checkpoint_done, kill_when, synthetic_images, tiny_teacher, write_distilled, write_image_dataset,
+    assert_same_tensors, checkpoint_done, kill_when, skip_unless_compile_allowed, synthetic_images, tiny_teacher,
+    write_distilled, write_image_dataset,
 )
 
 
@@ -225,7 +227,7 @@ def _compiled_evaluation(folder: Path, real: Path, distilled: Path, teacher: Pat
 def test_compiled_students_train_like_eager_ones_and_save_the_same_model(tmp_path):
     """--compile trains the student's forward under torch.compile: reproducible, within rounding of the eager
     run (the same views, targets and optimiser steps), and the saved student is the plain module's files."""
-    pytest.importorskip("torch._inductor")
+    skip_unless_compile_allowed()
     real = write_image_dataset(tmp_path / "real", n_train_per_class=6, n_test_per_class=4)
     tiny_teacher(tmp_path / "teacher")
     distilled = write_distilled(tmp_path / "dist", ipc=3)  # 9 images at batch 4: a full and a partial batch shape
@@ -246,6 +248,16 @@ def test_compiled_students_train_like_eager_ones_and_save_the_same_model(tmp_pat
     saved = load_file(tmp_path / "compiled" / "student" / "model.safetensors")
     assert saved.keys() == plain.keys() and not any("_orig_mod" in k for k in saved)
     assert json.loads((tmp_path / "compiled" / "config.json").read_text())["config"]["compile"] is True
+
+
+@pytest.mark.skipif(cpu_info()["cpu_kind"] not in ("amx_bf16", "avx512_bf16"),
+                    reason="the refusal is for CPUs with bf16 units capped below them")
+def test_compile_under_a_onednn_cap_below_the_cpu_is_one_clear_line(tmp_path, monkeypatch):
+    real = write_image_dataset(tmp_path / "real", n_train_per_class=2, n_test_per_class=2)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    with pytest.raises(ConfigError, match="compile: true with ONEDNN_MAX_CPU_ISA=AVX2 below this CPU"):
+        _compiled_evaluation(tmp_path / "eval", real, write_distilled(tmp_path / "dist", ipc=1), tmp_path / "t", True)
+    assert not (tmp_path / "eval").exists()
 
 
 def test_compile_without_a_cxx_compiler_is_one_clear_line(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_same_tensors, bn_backbone, checkpoint_done, kill_when
+from helpers import assert_same_tensors, bn_backbone, checkpoint_done, kill_when, skip_unless_compile_allowed
 from hf_scdd.models import ResNet
 from hf_scdd.models.loading import BACKBONE_DIR, MODEL_DIR
 from hf_scdd.models.moco import SplitBatchNorm2d
@@ -166,7 +166,7 @@ def test_compiled_mocov2_trains_like_the_eager_one(tiny_dataset, tmp_path):
     """--compile runs the squeeze's training forward (MoCo's split-BN query encoder) under torch.compile: the
     same steps and losses as the eager run within rounding, reproducible, and a backbone saved under the plain
     module's names. (The supervised plan wraps its model the same way.)"""
-    pytest.importorskip("torch._inductor")
+    skip_unless_compile_allowed()
     runs = {}
     for name, compile_model in (("eager", False), ("compiled", True), ("again", True)):
         out = tmp_path / name

@@ -27,7 +27,7 @@ import torch
 
 from ..configs import PRECISIONS
 from ..errors import ConfigError
-from ..utils import bf16_units_usable, cpu_info, use_cpu
+from ..utils import bf16_units_usable, cpu_info, onednn_isa_cap, use_cpu
 
 AUTO_PRECISION_ENV = "HF_SCDD_AUTO_PRECISION"
 """Environment variable forcing what ``auto`` resolves to (``bf16`` or ``no``), e.g. to test both paths."""
@@ -39,6 +39,14 @@ def cpu_has_fast_bf16() -> bool:
     ~17× on an AVX2-only EPYC, 11× on an AMX Xeon capped at AVX2), so ``auto`` must not pick it."""
     info = cpu_info()
     return bf16_units_usable(info["cpu_kind"], info["onednn_isa_cap"])
+
+
+def cpu_capped_below_itself() -> bool:
+    """True when ``ONEDNN_MAX_CPU_ISA`` keeps oneDNN from this CPU's bf16 units (e.g. an AMX CPU capped at AVX2,
+    as done to emulate an AVX2-only machine)."""
+    info = cpu_info()
+    return info["cpu_kind"] in ("amx_bf16", "avx512_bf16") and not bf16_units_usable(info["cpu_kind"],
+                                                                                        info["onednn_isa_cap"])
 
 
 def auto_precision(device_type: str) -> str:
@@ -112,6 +120,12 @@ def check_compile(device: torch.device | str) -> None:
     one the first training step would fail deep inside torch with a long traceback."""
     if torch.device(device).type != "cpu":
         return
+    if cpu_capped_below_itself():
+        raise ConfigError(
+            f"compile: true with ONEDNN_MAX_CPU_ISA={onednn_isa_cap()} below this CPU's own instruction set: "
+            "torch.compile's training steps aborted the process under such a cap (AMX Xeon capped at AVX2); "
+            "unset ONEDNN_MAX_CPU_ISA or run without compile"
+        )
     names = [os.environ.get("CXX", ""), *CXX_COMPILERS]
     if not any(name and shutil.which(name) for name in names):
         raise ConfigError(
