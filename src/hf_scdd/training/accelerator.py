@@ -116,21 +116,22 @@ CXX_COMPILERS = ("g++", "c++", "clang++")
 
 
 def check_compile(device: torch.device | str) -> None:
-    """Refuse ``--compile`` where inductor cannot build kernels: on the CPU it needs a C++ compiler, and without
-    one the first training step would fail deep inside torch with a long traceback."""
+    """Refuse ``--compile`` where inductor cannot build kernels or its kernels crash: on the CPU it needs a C++
+    compiler (without one the first training step fails deep inside torch with a long traceback), and under a
+    ``ONEDNN_MAX_CPU_ISA`` cap below the CPU's bf16 units a compiled backward aborted the whole process."""
     if torch.device(device).type != "cpu":
         return
-    if cpu_capped_below_itself():
-        raise ConfigError(
-            f"compile: true with ONEDNN_MAX_CPU_ISA={onednn_isa_cap()} below this CPU's own instruction set: "
-            "torch.compile's training steps aborted the process under such a cap (AMX Xeon capped at AVX2); "
-            "unset ONEDNN_MAX_CPU_ISA or run without compile"
-        )
     names = [os.environ.get("CXX", ""), *CXX_COMPILERS]
     if not any(name and shutil.which(name) for name in names):
         raise ConfigError(
             "compile: true needs a C++ compiler for torch.compile's inductor backend on the CPU, and none of "
             f"$CXX, {', '.join(CXX_COMPILERS)} was found: install one (e.g. apt install g++) or run without compile"
+        )
+    if cpu_capped_below_itself():
+        raise ConfigError(
+            f"compile: true with ONEDNN_MAX_CPU_ISA={onednn_isa_cap()} below this CPU's own instruction set: "
+            "torch.compile's training steps aborted the process under such a cap (AMX Xeon capped at AVX2); "
+            "unset ONEDNN_MAX_CPU_ISA or run without compile"
         )
 
 
