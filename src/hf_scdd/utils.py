@@ -143,7 +143,7 @@ def onednn_isa_cap() -> str | None:
     """The oneDNN instruction-set cap set in the environment (upper case), or None where there is none.
 
     It matters for speed figures and for ``auto`` precision: on an AMX CPU capped at ``AVX2``, bf16 convolutions
-    are emulated and ran 11× *slower* than fp32 (benchmarks/RESULTS.md, "An AVX2-only machine, emulated")."""
+    are emulated and ran 11× *slower* than fp32 (benchmarks/RESULTS.md, "An AVX2-only CPU, emulated")."""
     for name in ONEDNN_ISA_ENV:
         value = os.environ.get(name, "").strip().upper()
         if value and value not in ("ALL", "DEFAULT"):
