@@ -21,7 +21,7 @@ from hf_scdd.stages.evaluate import EvaluateConfig, run_evaluation
 from hf_scdd.stages.relabel import RelabelConfig, relabel
 from hf_scdd.training.post_train import TargetSource, summarize_history
 from hf_scdd.training.report import aggregate, protocol_metrics
-from hf_scdd.utils import cpu_info
+from hf_scdd.utils import BF16_CPU_KINDS, cpu_info
 from helpers import (
     assert_same_tensors, checkpoint_done, kill_when, skip_unless_compile_allowed, synthetic_images, tiny_teacher,
     write_distilled, write_image_dataset,
@@ -250,7 +250,7 @@ def test_compiled_students_train_like_eager_ones_and_save_the_same_model(tmp_pat
     assert json.loads((tmp_path / "compiled" / "config.json").read_text())["config"]["compile"] is True
 
 
-@pytest.mark.skipif(cpu_info()["cpu_kind"] not in ("amx_bf16", "avx512_bf16"),
+@pytest.mark.skipif(cpu_info()["cpu_kind"] not in BF16_CPU_KINDS,
                     reason="the refusal is for CPUs with bf16 units capped below them")
 def test_compile_under_a_onednn_cap_below_the_cpu_is_one_clear_line(tmp_path, monkeypatch):
     real = write_image_dataset(tmp_path / "real", n_train_per_class=2, n_test_per_class=2)

@@ -134,6 +134,9 @@ def cpu_info() -> dict[str, Any]:
             "onednn_isa_cap": onednn_isa_cap(), "cores": os.cpu_count()}
 
 
+BF16_CPU_KINDS = ("amx_bf16", "avx512_bf16")
+"""The CPU kinds (:data:`CPU_KIND_FLAGS`) with native bf16 units."""
+
 ONEDNN_ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 """oneDNN's instruction-set cap (and its older name): the kernels torch's convolutions run never use an
 instruction set above it, whatever /proc/cpuinfo lists."""
@@ -157,7 +160,7 @@ def bf16_units_usable(cpu_kind: str, isa_cap: str | None) -> bool:
 
     AMX needs a cap that names AMX; AVX512-BF16 needs ``AVX512_CORE_BF16`` or above. An AMX CPU capped below AMX
     gains nothing from bf16 (measured 0.92× at ``AVX512_CORE_BF16``), so it counts as having no usable units."""
-    if cpu_kind not in ("amx_bf16", "avx512_bf16"):
+    if cpu_kind not in BF16_CPU_KINDS:
         return False
     if isa_cap is None or "AMX" in isa_cap:
         return True

@@ -27,7 +27,7 @@ import torch
 
 from ..configs import PRECISIONS
 from ..errors import ConfigError
-from ..utils import bf16_units_usable, cpu_info, onednn_isa_cap, use_cpu
+from ..utils import BF16_CPU_KINDS, bf16_units_usable, cpu_info, onednn_isa_cap, use_cpu
 
 AUTO_PRECISION_ENV = "HF_SCDD_AUTO_PRECISION"
 """Environment variable forcing what ``auto`` resolves to (``bf16`` or ``no``), e.g. to test both paths."""
@@ -44,9 +44,7 @@ def cpu_has_fast_bf16() -> bool:
 def cpu_capped_below_itself() -> bool:
     """True when ``ONEDNN_MAX_CPU_ISA`` keeps oneDNN from this CPU's bf16 units (e.g. an AMX CPU capped at AVX2,
     as done to emulate an AVX2-only machine)."""
-    info = cpu_info()
-    return info["cpu_kind"] in ("amx_bf16", "avx512_bf16") and not bf16_units_usable(info["cpu_kind"],
-                                                                                        info["onednn_isa_cap"])
+    return cpu_info()["cpu_kind"] in BF16_CPU_KINDS and not cpu_has_fast_bf16()
 
 
 def auto_precision(device_type: str) -> str:
