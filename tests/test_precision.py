@@ -16,6 +16,7 @@ from hf_scdd.stages.squeeze import SqueezeConfig
 from hf_scdd.stages.squeeze import main as squeeze
 from hf_scdd.training import accelerator
 from hf_scdd.training.accelerator import Precision
+from hf_scdd.utils import bf16_units_usable, onednn_isa_cap
 
 TINY = dict(arch="resnet10", width=4, batch_size=32, method="supervised", epochs=1, cpu=True, report_to="none")
 
@@ -40,8 +41,6 @@ def test_auto_follows_the_override_and_the_cpu_flags(monkeypatch):
 
 
 def test_bf16_units_count_only_where_onednn_may_use_them():
-    from hf_scdd.utils import bf16_units_usable
-
     assert bf16_units_usable("amx_bf16", None) and bf16_units_usable("avx512_bf16", None)
     assert not bf16_units_usable("avx2", None) and not bf16_units_usable("other", None)
     assert bf16_units_usable("amx_bf16", "AVX512_CORE_AMX") and bf16_units_usable("avx512_bf16", "AVX10_1_512_AMX")
@@ -52,8 +51,6 @@ def test_bf16_units_count_only_where_onednn_may_use_them():
 
 
 def test_auto_is_fp32_where_onednn_is_capped_below_the_bf16_units(monkeypatch):
-    from hf_scdd.utils import onednn_isa_cap
-
     monkeypatch.delenv("HF_SCDD_AUTO_PRECISION", raising=False)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
     assert onednn_isa_cap() == "AVX2"
