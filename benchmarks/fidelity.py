@@ -61,13 +61,14 @@ PARTS = ("models", "sets", "students", "table")
 PROTOCOLS: dict[str, dict] = {"pad": {}, "rrc": dict(crop="rrc", crop_scale_min=0.25)}
 PROTOCOL_TEXT = {"pad": "pad-crop (4 px)", "rrc": "RandomResizedCrop (area 0.25-1)"}
 ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_strata", "hf_scdd_strata_core", "hf_scdd_teacher",
-        "hf_scdd_refined", "hf_scdd_cifar", "hf_scdd_observers")
+        "hf_scdd_joint", "hf_scdd_refined", "hf_scdd_cifar", "hf_scdd_observers")
 MODES = STUDENT_MODES
 # evaluate's default budget: its folders and table keep the plain names
 DEFAULT_STEPS: int = next(f.default for f in dataclasses.fields(EvaluateConfig) if f.name == "steps")
 # Paired sections of the table (row − base per student seed): what each refinement adds to its medoids
 PAIRS = (("hf_scdd_refined", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd_refined"),
          ("hf_scdd_strata", "hf_scdd"), ("hf_scdd_strata_core", "hf_scdd"), ("hf_scdd_teacher", "hf_scdd"),
+         ("hf_scdd_joint", "hf_scdd"), ("hf_scdd_joint", "hf_scdd_teacher"),
          ("hf_scdd_observers", "hf_scdd_cifar"))
 
 
@@ -122,6 +123,12 @@ def set_specs(models: Path, setup) -> dict[str, dict]:
                                 backbone=models / "probe_mocov2",
                                 fields={**unrefined_medoids(setup), "selection_model": models / "teacher"},
                                 prefix=False),
+        # both views at once (session 14): the SSL medoids lead with hard labels, the teacher's with KD at IPC 50
+        "hf_scdd_joint": dict(title="k-means medoids of the MoCo v2 and teacher features side by side, unrefined",
+                              backbone=models / "probe_mocov2",
+                              fields={**unrefined_medoids(setup), "selection_model": models / "teacher",
+                                      "selection_features": "joint"},
+                              prefix=False),
         # --method hf_scdd on CIFAR-size presets in session 7 (the sweep's kmeans_clean_100_lr003)
         "hf_scdd_refined": dict(title="the same medoids + 100 steps at lr 0.003 to clean statistics (hf_scdd on "
                                       "CIFAR-size data in session 7)",

@@ -111,3 +111,55 @@ def test_observers_without_optimisation_are_refused(assets, tmp_path):
     with pytest.raises(ConfigError, match="--observers only shape optimised images"):
         run(assets, out, iterations=0, observers=[str(assets / "teacher")])
     assert not out.exists() or not any(out.iterdir())
+
+
+# --------------------------------------------------------------------------------------------------------
+# Joint selection features (``recover --selection_features joint``)
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_joint_features_are_each_members_unit_features_weighed_equally():
+    first, second = bn_backbone(class_names=CLASSES), second_observer()
+    ensemble = ObserverEnsemble([first, second]).eval()
+    pixels = torch.rand(5, 1, SIZE, SIZE)
+    with torch.no_grad():
+        joint = ensemble.forward_features(own_input(first, pixels))
+        own = [torch.nn.functional.normalize(m.forward_features(own_input(m, pixels)), dim=1) for m in (first, second)]
+    assert joint.shape == (5, own[0].shape[1] + own[1].shape[1])
+    torch.testing.assert_close(joint.norm(dim=1), torch.ones(5))
+    # cosine similarity on the joint features = the mean of the members' own cosine similarities
+    torch.testing.assert_close(joint @ joint.T, (own[0] @ own[0].T + own[1] @ own[1].T) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_recover_selects_on_joint_features_and_reproduces(tmp_path_factory, tmp_path):
+    from safetensors.torch import load_file
+
+    from hf_scdd.data import load_image_dataset
+    from hf_scdd.models.loading import load_backbone
+    from hf_scdd.synthesis.selection import select_real_images
+
+    root = tmp_path_factory.mktemp("joint")
+    bn_backbone(class_names=CLASSES).save_pretrained(root / "backbone")
+    second_observer().save_pretrained(root / "teacher")
+    write_random_dataset(root / "data", CLASSES, SIZE, per_split=40)  # 10 candidates per class for 2 picks
+    joint = dict(selection_model=str(root / "teacher"), selection_features="joint", iterations=0)
+    first = run(root, tmp_path / "joint", **joint)
+    again = run(root, tmp_path / "again", **joint)
+    picked = load_file(str(first / "inputs" / "init_images.safetensors"))["train_indices"]
+    assert torch.equal(picked, load_file(str(again / "inputs" / "init_images.safetensors"))["train_indices"])
+    source = load_image_dataset(str(root / "data")).source("train")
+    images, labels = source.indexed_images(), source.labels()
+    models = [load_backbone(str(root / "backbone")), load_backbone(str(root / "teacher"))]
+
+    def medoids(observer):
+        chosen = select_real_images(observer, images, labels, num_classes=4, ipc=2, how="kmeans", seed=3)
+        return chosen.flatten().sort().values
+
+    assert torch.equal(picked.flatten().sort().values, medoids(ObserverEnsemble(models)))
+    for alone in models:  # both views count: neither model alone chooses these images
+        assert not torch.equal(medoids(ObserverEnsemble(models)), medoids(alone))
+
+
+def test_joint_features_without_a_selection_model_are_refused(assets, tmp_path):
+    with pytest.raises(ConfigError, match="--selection_features joint needs --selection_model"):
+        run(assets, tmp_path / "refused", selection_features="joint", iterations=0)

@@ -7,7 +7,9 @@ the mean of their logits; :func:`hf_scdd.losses.bn_matching.bn_layers` finds eve
 BN term sums each observer's own matching term (the first BN layer of each member gets the first-layer
 multiplier). An image then has to look like the data to several differently trained networks at once, which is
 the argument of the multi-observer papers: one model's statistics can be matched by images that only that model
-finds natural.
+finds natural. Its ``forward_features`` puts every member's unit-norm features side by side, which is what
+``recover --selection_features joint`` clusters on (the recovery model's and ``--selection_model``'s views of
+the real images at once).
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ class ObserverEnsemble(nn.Module):
             out = member(x * scale + shift)
             total = total + (out.logits if hasattr(out, "logits") else out).float()
         return total / len(self.members)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's pooled features (its logits where it has no ``forward_features``), each scaled to unit
+        norm, side by side: cosine similarity of these is the mean of the members' own cosine similarities, so
+        a k-means on them weighs every observer's view of the images equally, whatever its width."""
+        parts = []
+        for member, scale, shift in zip(self.members, self.scales, self.shifts):
+            forward = getattr(member, "forward_features", None)
+            out = forward(x * scale + shift) if forward is not None else member(x * scale + shift)
+            out = (out.logits if hasattr(out, "logits") else out).float()
+            parts.append(nn.functional.normalize(out.flatten(1), dim=1))
+        return torch.cat(parts, dim=1) / len(parts) ** 0.5
 
 
 def renormalisation(

@@ -25,16 +25,19 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch import nn
+
 from ..configs import Check, StageConfig, check_or_write_config, discard_on_failure, in_range
 from ..errors import ConfigError, DataError
 from ..formats.distilled_set import INPUTS_DIR, IMAGE_FORMATS, UNITS_DIR, gather_units, write_grid, write_shards
 from ..hub.cards import write_dataset_card
 from ..hub.push import push_distilled
+from ..models.ensemble import ObserverEnsemble
 from ..models.loading import load_backbone
 from ..synthesis.engine import SynthesisSpec, recover_units
 from ..synthesis.inputs import recovery_inputs
 from ..synthesis.presets import METHODS
-from ..synthesis.selection import SELECTIONS
+from ..synthesis.selection import SELECTION_FEATURES, SELECTIONS
 from ..synthesis.setup import card_data, prepare, recovery_precision
 from ..synthesis.units import make_groups
 from ..training.accelerator import Precision, check_cpu_launch, finish_trackers, make_accelerator, stage_device
@@ -77,6 +80,11 @@ class RecoverConfig(StageConfig):
     )
     selection_model: str | None = field(
         default=None, metadata={"help": "Observer whose features choose the real images (default: --backbone)."}
+    )
+    selection_features: str = field(
+        default="observer",
+        metadata={"help": "'observer' (the features of --selection_model, else of --backbone) or 'joint' (the "
+                  "recovery model's and --selection_model's unit-norm features side by side)."},
     )
     observers: list[str] = field(
         default_factory=list,
@@ -151,6 +159,11 @@ class RecoverConfig(StageConfig):
             (self.bn_targets in (None, "running", "clean"),
              f"--bn_targets must be running or clean, got {self.bn_targets!r}"),
             in_range("class_bn_weight", self.class_bn_weight, 0, 1),
+            (self.selection_features in SELECTION_FEATURES,
+             f"--selection_features must be one of {SELECTION_FEATURES}, got {self.selection_features!r}"),
+            (self.selection_features != "joint" or self.selection_model is not None,
+             "--selection_features joint needs --selection_model (the model whose features join the recovery "
+             "model's)"),
             (self.selection_pool >= 0, f"--selection_pool must be >= 0 (0 = all), got {self.selection_pool}"),
             (self.patches_per_side >= 1, f"--patches_per_side must be >= 1 (1 = whole images), got {self.patches_per_side}"),
             (self.bn_target_samples >= 1, f"--bn_target_samples must be >= 1, got {self.bn_target_samples}"),
@@ -167,6 +180,17 @@ class RecoverConfig(StageConfig):
         ]
 
 
+def selection_observer(config: RecoverConfig, model: nn.Module) -> nn.Module:
+    """The model whose features choose the real starting images: the recovery model, ``--selection_model``, or
+    both side by side (``--selection_features joint``: clusters that are modes for both views of the images)."""
+    if config.selection_model is None:
+        return model
+    chosen = load_backbone(config.selection_model)
+    if config.selection_features == "joint":
+        return ObserverEnsemble([model, chosen], names=[str(config.backbone), config.selection_model])
+    return chosen
+
+
 def main(config: RecoverConfig) -> Path:
     """Run the recover stage (any number of processes); returns the output folder."""
     check_cpu_launch(config.cpu)
@@ -181,7 +205,7 @@ def main(config: RecoverConfig) -> Path:
     )
     model = context.model.to(accelerator.device)
     objective = context.objective.to(accelerator.device)  # the recovery model, or it with --observers
-    observer = load_backbone(config.selection_model).to(accelerator.device) if config.selection_model else model
+    observer = selection_observer(config, model).to(accelerator.device)
     with discard_on_failure(out, UNITS_DIR, INPUTS_DIR, "logs"):  # a diverged run keeps no (black) unit
         # Input the selection rejects (a class with fewer images than IPC, ...) leaves no record behind that
         # would refuse the corrected command; a folder with finished units keeps everything.
