@@ -61,7 +61,7 @@ PARTS = ("models", "sets", "students", "table")
 PROTOCOLS: dict[str, dict] = {"pad": {}, "rrc": dict(crop="rrc", crop_scale_min=0.25)}
 PROTOCOL_TEXT = {"pad": "pad-crop (4 px)", "rrc": "RandomResizedCrop (area 0.25-1)"}
 ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_strata", "hf_scdd_strata_core", "hf_scdd_teacher",
-        "hf_scdd_joint", "hf_scdd_refined", "hf_scdd_cifar", "hf_scdd_observers")
+        "hf_scdd_joint", "hf_scdd_joint_cifar", "hf_scdd_refined", "hf_scdd_cifar", "hf_scdd_observers")
 MODES = STUDENT_MODES
 # evaluate's default budget: its folders and table keep the plain names
 DEFAULT_STEPS: int = next(f.default for f in dataclasses.fields(EvaluateConfig) if f.name == "steps")
@@ -69,6 +69,7 @@ DEFAULT_STEPS: int = next(f.default for f in dataclasses.fields(EvaluateConfig) 
 PAIRS = (("hf_scdd_refined", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd_refined"),
          ("hf_scdd_strata", "hf_scdd"), ("hf_scdd_strata_core", "hf_scdd"), ("hf_scdd_teacher", "hf_scdd"),
          ("hf_scdd_joint", "hf_scdd"), ("hf_scdd_joint", "hf_scdd_teacher"),
+         ("hf_scdd_joint_cifar", "hf_scdd_cifar"),
          ("hf_scdd_observers", "hf_scdd_cifar"))
 
 
@@ -129,6 +130,12 @@ def set_specs(models: Path, setup) -> dict[str, dict]:
                               fields={**unrefined_medoids(setup), "selection_model": models / "teacher",
                                       "selection_features": "joint"},
                               prefix=False),
+        "hf_scdd_joint_cifar": dict(title=f"the joint medoids + {LIGHT_REFINEMENT['iterations']} steps at lr "
+                                          f"{LIGHT_REFINEMENT['lr']} to clean statistics",
+                                    backbone=models / "probe_mocov2",
+                                    fields=dict(method="hf_scdd", **LIGHT_REFINEMENT,
+                                                selection_model=models / "teacher", selection_features="joint"),
+                                    prefix=False),
         # --method hf_scdd on CIFAR-size presets in session 7 (the sweep's kmeans_clean_100_lr003)
         "hf_scdd_refined": dict(title="the same medoids + 100 steps at lr 0.003 to clean statistics (hf_scdd on "
                                       "CIFAR-size data in session 7)",
@@ -279,7 +286,7 @@ def gap(row: tuple[str, float, float], random: tuple[str, float, float]) -> str:
     diff = row[1] - random[1]
     if diff != diff:  # NaN: a cell is missing
         return "–"
-    clear = abs(diff) > 2 * max(row[2], random[2]) and row[2] > 0 and random[2] > 0
+    clear = clears_bar(row[1:], random[1:]) or clears_bar(random[1:], row[1:])  # either way round
     return f"{diff:+.2f}" + (" **" if clear else "")
 
 
@@ -331,6 +338,39 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", data
 
 
+def clears_bar(row: tuple[float, float], random: tuple[float, float]) -> bool:
+    """The issue's bar: ``row`` beats ``random`` by more than two seed standard deviations of both cells."""
+    return row[0] - random[0] > 2 * max(row[1], random[1]) and row[1] > 0 and random[1] > 0
+
+
+def plot_gaps(data: dict, path: Path) -> None:
+    """One panel per (IPC, labels): every row's distance from the random subset, its ±2 seed-std bar, and the
+    random subset's own ±2 std band; a row that clears the issue's bar is green. What the table says, at a
+    glance: which cells a set wins, and by how much more than the seeds' noise."""
+    from hf_scdd.training.report import pyplot, save_figure
+
+    ipcs = sorted({r["ipc"] for r in data["rows"]})
+    plt = pyplot()
+    fig, axes = plt.subplots(len(ipcs), 2, figsize=(11, 0.45 * len(data["rows"]) + 2), squeeze=False)
+    for i, ipc in enumerate(ipcs):
+        rows = [r for r in data["rows"] if r["ipc"] == ipc and r["set"] != "random"]
+        random = next(r for r in data["rows"] if r["ipc"] == ipc and r["set"] == "random")
+        for j, (mode, label) in enumerate((("hard", "hard labels"), ("kd", "KD"))):
+            ax, (r_mean, r_std) = axes[i][j], random[mode]
+            shown = [r for r in rows if r[mode][0] == r[mode][0]]  # NaN: not evaluated in this mode
+            ax.axvspan(-2 * r_std, 2 * r_std, color="0.85", label="random ± 2 std")
+            ax.axvline(0, color="0.4", lw=0.8)
+            for y, r in enumerate(shown):
+                colour = "tab:green" if clears_bar(r[mode], random[mode]) else "tab:red"
+                ax.errorbar(r[mode][0] - r_mean, y, xerr=2 * r[mode][1], fmt="o", color=colour, capsize=3)
+            ax.set_yticks(range(len(shown)), [r["set"] for r in shown], fontsize=8)
+            ax.set_title(f"IPC {ipc}, {label} (random {r_mean:.1f} %)", fontsize=9)
+            ax.set_xlabel("top-1 − random subset (points), ± 2 seed std", fontsize=8)
+            ax.invert_yaxis()
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    save_figure(fig, path)
+
+
 def main() -> None:
     args = parse_args()
     setup, models = benchmark_setup(args.dataset, args.root)
@@ -354,6 +394,7 @@ def main() -> None:
             stem = f"{args.dataset}{args.variant}"
             (out / f"{stem}.md").write_text(text)
             (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), **data}, indent=2))
+            plot_gaps(data, out / f"{stem}_gaps.png")
             print(text)
         timings[part] = round(time.time() - start)
         print(f"[fidelity] part {part}: {timings[part]} s", flush=True)
