@@ -69,7 +69,7 @@ DEFAULT_STEPS: int = next(f.default for f in dataclasses.fields(EvaluateConfig) 
 PAIRS = (("hf_scdd_refined", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd_refined"),
          ("hf_scdd_strata", "hf_scdd"), ("hf_scdd_strata_core", "hf_scdd"), ("hf_scdd_teacher", "hf_scdd"),
          ("hf_scdd_joint", "hf_scdd"), ("hf_scdd_joint", "hf_scdd_teacher"),
-         ("hf_scdd_joint_cifar", "hf_scdd_cifar"),
+         ("hf_scdd_joint_cifar", "hf_scdd_cifar"), ("hf_scdd_joint_cifar", "hf_scdd_joint"),
          ("hf_scdd_observers", "hf_scdd_cifar"))
 
 
