@@ -25,20 +25,16 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch import nn
-
 from ..configs import Check, StageConfig, check_or_write_config, discard_on_failure, in_range
 from ..errors import ConfigError, DataError
 from ..formats.distilled_set import INPUTS_DIR, IMAGE_FORMATS, UNITS_DIR, gather_units, write_grid, write_shards
 from ..hub.cards import write_dataset_card
 from ..hub.push import push_distilled
-from ..models.ensemble import ObserverEnsemble
-from ..models.loading import load_backbone
 from ..synthesis.engine import SynthesisSpec, recover_units
 from ..synthesis.inputs import recovery_inputs
 from ..synthesis.presets import METHODS
 from ..synthesis.selection import SELECTION_FEATURES, SELECTIONS
-from ..synthesis.setup import card_data, prepare, recovery_precision
+from ..synthesis.setup import card_data, prepare, recovery_precision, selection_observer
 from ..synthesis.units import make_groups
 from ..training.accelerator import Precision, check_cpu_launch, finish_trackers, make_accelerator, stage_device
 
@@ -81,11 +77,8 @@ class RecoverConfig(StageConfig):
     selection_model: str | None = field(
         default=None, metadata={"help": "Observer whose features choose the real images (default: --backbone)."}
     )
-    selection_features: str = field(
-        default="observer",
-        metadata={"help": "'observer' (the features of --selection_model, else of --backbone) or 'joint' (the "
-                  "recovery model's and --selection_model's unit-norm features side by side)."},
-    )
+    selection_features: str = field(default="observer", metadata={
+        "help": "'observer' (--selection_model's features, else --backbone's) or 'joint' (both side by side)."})
     observers: list[str] = field(
         default_factory=list,
         metadata={"help": "Extra models (folders or Hub ids, same classes) whose BN statistics and logits join the "
@@ -161,9 +154,6 @@ class RecoverConfig(StageConfig):
             in_range("class_bn_weight", self.class_bn_weight, 0, 1),
             (self.selection_features in SELECTION_FEATURES,
              f"--selection_features must be one of {SELECTION_FEATURES}, got {self.selection_features!r}"),
-            (self.selection_features != "joint" or self.selection_model is not None,
-             "--selection_features joint needs --selection_model (the model whose features join the recovery "
-             "model's)"),
             (self.selection_pool >= 0, f"--selection_pool must be >= 0 (0 = all), got {self.selection_pool}"),
             (self.patches_per_side >= 1, f"--patches_per_side must be >= 1 (1 = whole images), got {self.patches_per_side}"),
             (self.bn_target_samples >= 1, f"--bn_target_samples must be >= 1, got {self.bn_target_samples}"),
@@ -178,17 +168,6 @@ class RecoverConfig(StageConfig):
             (self.max_group_size >= 1, f"--max_group_size must be >= 1, got {self.max_group_size}"),
             (self.log_every >= 1, f"--log_every must be >= 1, got {self.log_every}"),
         ]
-
-
-def selection_observer(config: RecoverConfig, model: nn.Module) -> nn.Module:
-    """The model whose features choose the real starting images: the recovery model, ``--selection_model``, or
-    both side by side (``--selection_features joint``: clusters that are modes for both views of the images)."""
-    if config.selection_model is None:
-        return model
-    chosen = load_backbone(config.selection_model)
-    if config.selection_features == "joint":
-        return ObserverEnsemble([model, chosen], names=[str(config.backbone), config.selection_model])
-    return chosen
 
 
 def main(config: RecoverConfig) -> Path:

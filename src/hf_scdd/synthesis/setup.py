@@ -43,6 +43,9 @@ def check_resolved(config: Any) -> None:
     if config.observers and config.iterations == 0:
         raise ConfigError("--observers only shape optimised images, and --iterations is 0: pass --iterations N "
                           "(or drop --observers)")
+    if config.selection_features == "joint" and config.selection_model is None:
+        raise ConfigError("--selection_features joint needs --selection_model (the model whose features join the "
+                          "recovery model's)")
     if config.patches_per_side > config.image_size:
         raise ConfigError(f"--patches_per_side {config.patches_per_side} exceeds the image side {config.image_size}: "
                           "use a smaller one")
@@ -120,6 +123,17 @@ def observer_ensemble(model: nn.Module, config: Any) -> nn.Module:
     extras = [load_backbone(name) for name in config.observers]
     ensemble = ObserverEnsemble([model, *extras], names=[config.backbone, *config.observers])
     return ensemble.eval().requires_grad_(False)
+
+
+def selection_observer(config: Any, model: nn.Module) -> nn.Module:
+    """The model whose features choose the real starting images: the recovery model, ``--selection_model``, or
+    both side by side (``--selection_features joint``: clusters that are modes for both views of the images)."""
+    if config.selection_model is None:
+        return model
+    chosen = load_backbone(config.selection_model)
+    if config.selection_features == "joint":
+        return ObserverEnsemble([model, chosen], names=[str(config.backbone), str(config.selection_model)])
+    return chosen
 
 
 def card_data(context: RecoverContext, num_shards: int) -> DistilledSetCardData:
