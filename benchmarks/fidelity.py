@@ -29,6 +29,12 @@ their IPC-50 sets (units are seeded by (seed, ipc, chunk): the same images an IP
 an ``hf-scdd`` stage in its own folder under ``benchmarks/results/fidelity/<dataset>/``, run two single-threaded
 processes at a time; a rerun skips what is finished. Writes ``benchmarks/results/fidelity/<dataset>.{md,json}``.
 
+``--redraw`` makes the comparison with the random subset symmetric: the random subset is a new draw per student
+seed, a row's set one selection draw (recovery seed 0) under every student seed, so its spread holds no
+draw-to-draw part. With ``--redraw`` student seed s of a real-image row trains on the row's set recovered with
+seed s (the row ``<row>_redraw``; seed 0's set and student are the row's own), and the table adds those rows and
+their paired difference from the fixed draw.
+
 Other student protocols keep their own folders and table: ``--protocol rrc`` (RandomResizedCrop) and any
 ``--steps`` other than evaluate's default budget, e.g. ``--steps 6000 --label_modes online`` (KD students at
 twice the budget: ``evaluate-6000steps/``, ``<dataset>-6000steps.md``), which tests whether the default budget
@@ -93,6 +99,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--full_data", action=argparse.BooleanOptionalAction, default=True,
                    help="train the full-data baseline with the smallest IPC's hf_scdd evaluation (--no-full_data: "
                         "skip it, e.g. for extra seeds when one full-data seed is all the budget allows)")
+    p.add_argument("--redraw", action="store_true",
+                   help="also recover each real-image row with seed s for student seed s (rows <row>_redraw): a new "
+                        "selection draw per seed, as the random subset has")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--root", default=str(HERE / "results"))
     args = p.parse_args()
@@ -154,8 +163,18 @@ def set_specs(models: Path, setup) -> dict[str, dict]:
     }
 
 
-def distilled_dir(work: Path, name: str, ipc: int) -> Path:
-    return work / "sets" / f"{name}-ipc{ipc}"
+def distilled_dir(work: Path, name: str, ipc: int, seed: int = 0) -> Path:
+    """A row's set; with a recovery ``seed`` other than 0, the set of that selection draw (``--redraw``)."""
+    return work / "sets" / (f"{name}-ipc{ipc}" + (f"-seed{seed}" if seed else ""))
+
+
+REDRAW = "_redraw"
+"""Suffix of the rows whose student seed s trains on the set recovered with seed s (``--redraw``)."""
+
+
+def recovery_seeds(args, spec: dict) -> list[int]:
+    """The recovery seeds of a row's sets: 0, and with ``--redraw`` every student seed of a real-image row."""
+    return sorted({0, *args.seeds}) if args.redraw and not spec["prefix"] else [0]
 
 
 def protocol_suffix(protocol: str, steps: int) -> str:
@@ -189,6 +208,10 @@ def runs_by_seed(work: Path, name: str, ipc: int, variant: str = "") -> tuple[li
         for key, results in report["runs"].items():
             for result in results:
                 runs.setdefault(key, {}).setdefault(result["seed"], result)
+    if name.endswith(REDRAW) and found:  # seed 0 trains on the row's own set: its seed-0 run is this row's too
+        for key, by_seed in runs_by_seed(work, name[: -len(REDRAW)], ipc, variant)[1].items():
+            if key.startswith("distilled/") and 0 in by_seed:
+                runs.setdefault(key, {}).setdefault(0, by_seed[0])
     return found, runs
 
 
@@ -204,15 +227,16 @@ def best_evaluation(work: Path, name: str, ipc: int, variant: str = "") -> dict 
     return {**merged, "results": aggregate({k: [v[s] for s in sorted(v)] for k, v in runs.items()})}
 
 
-def paired_lines(work: Path, ipcs: list[int], variant: str, row: str, base: str) -> list[str]:
-    """``row − base`` per student seed they share (the same seed trains both: paired), mean ± std per IPC and
-    label mode: the do-no-harm check of a refinement against the images it starts from."""
+def paired_lines(work: Path, ipcs: list[int], variant: str, row: str, base: str,
+                 exclude: frozenset[int] = frozenset()) -> list[str]:
+    """``row − base`` per student seed they share (the same seed trains both: paired) but ``exclude``, mean ± std
+    per IPC and label mode: the do-no-harm check of a refinement against the images it starts from."""
     lines = []
     for ipc in ipcs:
         ours, theirs = runs_by_seed(work, row, ipc, variant)[1], runs_by_seed(work, base, ipc, variant)[1]
         for mode in MODES:
             a, b = ours.get(f"distilled/{mode}", {}), theirs.get(f"distilled/{mode}", {})
-            diffs = [100 * (a[s]["final_top1"] - b[s]["final_top1"]) for s in sorted(set(a) & set(b))]
+            diffs = [100 * (a[s]["final_top1"] - b[s]["final_top1"]) for s in sorted(set(a) & set(b) - exclude)]
             if diffs:
                 std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
                 lines.append(f"| {ipc} | {mode_label(mode)} | {statistics.fmean(diffs):+.2f} ± "
@@ -232,9 +256,10 @@ def recover_commands(args, setup, models: Path, work: Path) -> list[tuple[str, l
     for name, spec in chosen_specs(args, models, setup).items():
         ipcs = [max(args.ipcs)] if spec["prefix"] else args.ipcs
         for ipc in ipcs:
-            commands.append((f"recover_{name}_ipc{ipc}", stage_command(
-                "recover", backbone=spec["backbone"], dataset=setup.dataset, ipc=ipc, seed=0,
-                output_dir=distilled_dir(work, name, ipc), report_to="none", **spec["fields"])))
+            for seed in recovery_seeds(args, spec):
+                commands.append((f"recover_{name}_ipc{ipc}" + (f"_seed{seed}" if seed else ""), stage_command(
+                    "recover", backbone=spec["backbone"], dataset=setup.dataset, ipc=ipc, seed=seed,
+                    output_dir=distilled_dir(work, name, ipc, seed), report_to="none", **spec["fields"])))
     return commands
 
 
@@ -260,8 +285,14 @@ def write_prefix_sets(args, setup, models: Path, work: Path) -> None:
 def student_commands(args, setup, models: Path, work: Path) -> list[tuple[str, list[str]]]:
     """One evaluate per (row, IPC); the random baseline rides with hf_scdd's, the full data with its IPC 10."""
     commands = []
-    for name in chosen_specs(args, models, setup):
+    for name, spec in chosen_specs(args, models, setup).items():
         for ipc in args.ipcs:
+            for seed in recovery_seeds(args, spec)[1:]:  # seed 0's redraw student is the row's own seed-0 student
+                out = evaluation_dir(work, name + REDRAW, ipc, [seed], args.variant, args.label_modes)
+                commands.append((f"evaluate_{out.name}", evaluate_command(
+                    setup, distilled_dir(work, name, ipc, seed), out, models / "teacher", modes=args.label_modes,
+                    seeds=[seed], steps=args.steps, random_baseline=False, full_data_baseline="false",
+                    **PROTOCOLS[args.protocol])))
             baseline = name == "hf_scdd"
             full_data = baseline and args.full_data and ipc == min(args.ipcs)
             out = evaluation_dir(work, name, ipc, args.seeds, args.variant, args.label_modes)
@@ -319,6 +350,12 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
             lines.append(f"| {ipc} | {spec['title']} | {hard[0]} | {kd[0]} | {gap(hard, random_hard)} | "
                          f"{gap(kd, random_kd)} |")
             data["rows"].append(dict(ipc=ipc, set=name, hard=hard[1:], kd=kd[1:]))
+            redrawn = (best_evaluation(work, name + REDRAW, ipc, args.variant) or {"results": {}})["results"]
+            if redrawn:
+                hard, kd = cell(redrawn.get("distilled/hard")), cell(redrawn.get("distilled/online"))
+                lines.append(f"| {ipc} | the same, a new selection draw per student seed (recovery seed = student "
+                             f"seed) | {hard[0]} | {kd[0]} | {gap(hard, random_hard)} | {gap(kd, random_kd)} |")
+                data["rows"].append(dict(ipc=ipc, set=name + REDRAW, hard=hard[1:], kd=kd[1:]))
         lines.append(f"| {ipc} | random real subset (a new draw per seed) | {random_hard[0]} | {random_kd[0]} | | |")
         data["rows"].append(dict(ipc=ipc, set="random", hard=random_hard[1:], kd=random_kd[1:]))
         if "full/hard" in base["results"]:
@@ -333,6 +370,8 @@ def table(args, setup, models: Path, work: Path) -> tuple[str, dict]:
         lines += ["", "Not evaluated under this protocol (other tables may have them): " + "; ".join(named) + "."]
     for row, base in PAIRS:
         lines += paired_lines(work, args.ipcs, args.variant, row, base)
+    for name in specs:  # another draw against the fixed one (seed 0 is the same run in both: left out)
+        lines += paired_lines(work, args.ipcs, args.variant, name + REDRAW, name, exclude=frozenset({0}))
     lines += ["", f"Teacher (supervised {teacher['arch']} width {teacher['width']}) test top-1: "
               f"{100 * data['teacher_top1']:.2f} %." if data.get("teacher_top1") else ""]
     return "\n".join(lines) + "\n", data
