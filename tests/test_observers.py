@@ -15,7 +15,7 @@ from hf_scdd.data.tensors import normalize
 from hf_scdd.errors import BackboneError
 from hf_scdd.hub import load_distilled
 from hf_scdd.losses.bn_matching import BNStatsRecorder, grouped_recovery_loss
-from hf_scdd.models.ensemble import ObserverEnsemble
+from hf_scdd.models.ensemble import LogitView, ObserverEnsemble
 from hf_scdd.stages.recover import RecoverConfig, main
 
 CLASSES = ["zero", "one", "two", "three"]
@@ -163,3 +163,48 @@ def test_recover_selects_on_joint_features_and_reproduces(tmp_path_factory, tmp_
 def test_joint_features_without_a_selection_model_are_refused(assets, tmp_path):
     with pytest.raises(ConfigError, match="--selection_features joint needs --selection_model"):
         run(assets, tmp_path / "refused", selection_features="joint", iterations=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Soft-label shapes (``recover --selection_features logits``)
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_logit_view_features_are_centred_logits_whose_cosine_ignores_shifts():
+    model = second_observer().eval()
+    view = LogitView(model)
+    assert (view.num_classes, view.mean, view.std) == (model.num_classes, model.mean, model.std)
+    x = torch.rand(6, 1, SIZE, SIZE)
+    with torch.no_grad():
+        logits, features = model(x), view.forward_features(x)
+    logits = logits.logits if hasattr(logits, "logits") else logits
+    torch.testing.assert_close(features.sum(dim=1), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(features, logits - logits.mean(dim=1, keepdim=True))
+    # two soft labels of the same shape (logits that differ by a constant) are one point to the selection
+    shifted = torch.nn.functional.cosine_similarity(features, (logits + 3.0) - (logits + 3.0).mean(1, keepdim=True))
+    torch.testing.assert_close(shifted, torch.ones(6))
+
+
+def test_recover_selects_on_the_selection_models_logits(tmp_path_factory, tmp_path):
+    from safetensors.torch import load_file
+
+    from hf_scdd.data import load_image_dataset
+    from hf_scdd.models.loading import load_backbone
+    from hf_scdd.synthesis.selection import select_real_images
+
+    root = tmp_path_factory.mktemp("logits")
+    bn_backbone(class_names=CLASSES).save_pretrained(root / "backbone")
+    second_observer().save_pretrained(root / "teacher")
+    write_random_dataset(root / "data", CLASSES, SIZE, per_split=40)
+    out = run(root, tmp_path / "logits", selection_model=str(root / "teacher"), selection_features="logits",
+              iterations=0)
+    picked = load_file(str(out / "inputs" / "init_images.safetensors"))["train_indices"].flatten().sort().values
+    source = load_image_dataset(str(root / "data")).source("train")
+    images, labels, teacher = source.indexed_images(), source.labels(), load_backbone(str(root / "teacher"))
+
+    def medoids(observer):
+        chosen = select_real_images(observer, images, labels, num_classes=4, ipc=2, how="kmeans", seed=3)
+        return chosen.flatten().sort().values
+
+    assert torch.equal(picked, medoids(LogitView(teacher)))
+    assert not torch.equal(picked, medoids(teacher))  # logits, not the teacher's pooled features

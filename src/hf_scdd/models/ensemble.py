@@ -9,7 +9,8 @@ multiplier). An image then has to look like the data to several differently trai
 the argument of the multi-observer papers: one model's statistics can be matched by images that only that model
 finds natural. Its ``forward_features`` puts every member's unit-norm features side by side, which is what
 ``recover --selection_features joint`` clusters on (the recovery model's and ``--selection_model``'s views of
-the real images at once).
+the real images at once). :class:`LogitView` offers a model's centred logits as its features (``recover
+--selection_features logits``).
 """
 
 from __future__ import annotations
@@ -51,23 +52,50 @@ class ObserverEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean float32 logits of every member on ``x`` (normalised with member 0's statistics)."""
-        total = 0.0
-        for member, scale, shift in zip(self.members, self.scales, self.shifts):
-            out = member(x * scale + shift)
-            total = total + (out.logits if hasattr(out, "logits") else out).float()
-        return total / len(self.members)
+        return torch.stack(self._member_outputs(x, features=False)).mean(dim=0)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's pooled features (its logits where it has no ``forward_features``), each scaled to unit
         norm, side by side: cosine similarity of these is the mean of the members' own cosine similarities, so
         a k-means on them weighs every observer's view of the images equally, whatever its width."""
-        parts = []
-        for member, scale, shift in zip(self.members, self.scales, self.shifts):
-            forward = getattr(member, "forward_features", None)
-            out = forward(x * scale + shift) if forward is not None else member(x * scale + shift)
-            out = (out.logits if hasattr(out, "logits") else out).float()
-            parts.append(nn.functional.normalize(out.flatten(1), dim=1))
+        parts = [nn.functional.normalize(out.flatten(1), dim=1) for out in self._member_outputs(x, features=True)]
         return torch.cat(parts, dim=1) / len(parts) ** 0.5
+
+    def _member_outputs(self, x: torch.Tensor, *, features: bool) -> list[torch.Tensor]:
+        """Each member's float32 logits (or pooled features, where it has ``forward_features``) on ``x``, fed
+        through the member's own input normalisation."""
+        outputs = []
+        for member, scale, shift in zip(self.members, self.scales, self.shifts):
+            forward = getattr(member, "forward_features", None) if features else None
+            out = (forward or member)(x * scale + shift)
+            outputs.append((out.logits if hasattr(out, "logits") else out).float())
+        return outputs
+
+
+class LogitView(nn.Module):
+    """A model whose ``forward_features`` are its own logits, each centred on its mean over the classes.
+
+    ``recover --selection_features logits`` clusters a class's images by the pattern of the observer's logits,
+    not by its pooled features: which rival classes each image resembles, and how much, which is what a KD
+    teacher's soft labels pass on (a cat that looks like a dog, another that looks like a deer). Centring drops
+    the one direction softmax ignores, so cosine similarity compares the shapes of two soft labels whatever the
+    temperature. The pooled features carry nuisance directions (pose, colour) the head reads past.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        for attribute in ("num_classes", "mean", "std", "in_channels", "image_size", "class_names"):
+            if hasattr(model, attribute):
+                setattr(self, attribute, getattr(model, attribute))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return (out.logits if hasattr(out, "logits") else out).float()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self(x)
+        return logits - logits.mean(dim=1, keepdim=True)
 
 
 def renormalisation(

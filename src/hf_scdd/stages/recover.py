@@ -78,7 +78,8 @@ class RecoverConfig(StageConfig):
         default=None, metadata={"help": "Observer whose features choose the real images (default: --backbone)."}
     )
     selection_features: str = field(default="observer", metadata={
-        "help": "'observer' (--selection_model's features, else --backbone's) or 'joint' (both side by side)."})
+        "help": "'observer' (--selection_model's features, else --backbone's), 'joint' (both side by side) "
+                "or 'logits' (the observer's centred logits: the shapes of its soft labels)."})
     observers: list[str] = field(
         default_factory=list,
         metadata={"help": "Extra models (folders or Hub ids, same classes) whose BN statistics and logits join the "

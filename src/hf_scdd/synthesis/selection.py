@@ -51,9 +51,10 @@ from ..errors import ConfigError
 from ..training.accelerator import Precision, autocast_of
 
 SELECTIONS = ("random", "kmeans", "strata", "strata_core", "herding", "confident", "kmeans_margin", "kcenter")
-SELECTION_FEATURES = ("observer", "joint")
-"""Whose features the selection reads: the observer's alone, or the recovery model's and the observer's side by
-side (``recover --selection_features joint``, :meth:`hf_scdd.models.ensemble.ObserverEnsemble.forward_features`)."""
+SELECTION_FEATURES = ("observer", "joint", "logits")
+"""What the selection clusters: the observer's pooled features, the recovery model's and the observer's side by
+side (``joint``, :meth:`hf_scdd.models.ensemble.ObserverEnsemble.forward_features`), or the observer's centred
+logits (``logits``, :class:`hf_scdd.models.ensemble.LogitView`: the shapes of its soft labels)."""
 KCENTER_TRIM = 0.1
 """The fraction of a class's candidates, least similar to the class's mean feature, that ``kcenter`` never takes."""
 

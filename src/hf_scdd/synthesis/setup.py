@@ -21,7 +21,7 @@ from ..data.loading import ImageData
 from ..errors import ConfigError
 from ..formats.distilled_set import load_unit
 from ..hub.cards import DistilledSetCardData, source_dataset_terms
-from ..models.ensemble import ObserverEnsemble
+from ..models.ensemble import LogitView, ObserverEnsemble
 from ..models.loading import check_synthesis_input, load_backbone
 from ..training.stage import load_stage_data
 from ..utils import resolve_hub_revision, use_cpu
@@ -127,13 +127,12 @@ def observer_ensemble(model: nn.Module, config: Any) -> nn.Module:
 
 def selection_observer(config: Any, model: nn.Module) -> nn.Module:
     """The model whose features choose the real starting images: the recovery model, ``--selection_model``, or
-    both side by side (``--selection_features joint``: clusters that are modes for both views of the images)."""
-    if config.selection_model is None:
-        return model
-    chosen = load_backbone(config.selection_model)
+    both side by side (``--selection_features joint``: clusters that are modes for both views of the images), or
+    the chosen model's centred logits (``logits``: clusters of soft-label shapes)."""
+    chosen = model if config.selection_model is None else load_backbone(config.selection_model)
     if config.selection_features == "joint":
         return ObserverEnsemble([model, chosen], names=[str(config.backbone), str(config.selection_model)])
-    return chosen
+    return LogitView(chosen) if config.selection_features == "logits" else chosen
 
 
 def card_data(context: RecoverContext, num_shards: int) -> DistilledSetCardData:
