@@ -302,12 +302,23 @@ def student_commands(args, setup, models: Path, work: Path) -> list[tuple[str, l
                     **PROTOCOLS[args.protocol])))
             baseline = name == "hf_scdd"
             full_data = baseline and args.full_data and ipc == min(args.ipcs)
+            if not full_data and already_trained(work, name, ipc, args, baseline):
+                continue  # every wanted (label mode, seed) finished in the row's other folders
             out = evaluation_dir(work, name, ipc, args.seeds, args.variant, args.label_modes)
             commands.append((f"evaluate_{out.name}", evaluate_command(
                 setup, distilled_dir(work, name, ipc), out, models / "teacher", modes=args.label_modes,
                 seeds=args.seeds, steps=args.steps, random_baseline=baseline, full_data_baseline=str(full_data).lower(),
                 **PROTOCOLS[args.protocol])))
     return commands
+
+
+def already_trained(work: Path, name: str, ipc: int, args, baseline: bool) -> bool:
+    """Whether every student the command would train (each label mode and seed of the row, and of the random
+    subset when it rides along) has finished in some folder of the row: a rerun with another split of seeds or
+    modes (``--redraw --seeds 1 2`` after ``--label_modes hard``) then trains nothing twice."""
+    runs = runs_by_seed(work, name, ipc, args.variant)[1]
+    keys = [f"{kind}/{mode}" for kind in ("distilled", *(["random"] if baseline else [])) for mode in args.label_modes]
+    return all(seed in runs.get(key, {}) for key in keys for seed in args.seeds)
 
 
 def cell(row: dict | None) -> tuple[str, float, float]:
