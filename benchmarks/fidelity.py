@@ -292,23 +292,23 @@ def write_prefix_sets(args, setup, models: Path, work: Path) -> None:
 def student_commands(args, setup, models: Path, work: Path) -> list[tuple[str, list[str]]]:
     """One evaluate per (row, IPC); the random baseline rides with hf_scdd's, the full data with its IPC 10."""
     commands = []
+
+    def add(distilled: Path, out: Path, seeds: list[int], baseline: bool = False, full_data: bool = False) -> None:
+        commands.append((f"evaluate_{out.name}", evaluate_command(
+            setup, distilled, out, models / "teacher", modes=args.label_modes, seeds=seeds, steps=args.steps,
+            random_baseline=baseline, full_data_baseline=str(full_data).lower(), **PROTOCOLS[args.protocol])))
+
     for name, spec in chosen_specs(args, models, setup).items():
         for ipc in args.ipcs:
             for seed in recovery_seeds(args, spec)[1:]:  # seed 0's redraw student is the row's own seed-0 student
-                out = evaluation_dir(work, name + REDRAW, ipc, [seed], args.variant, args.label_modes)
-                commands.append((f"evaluate_{out.name}", evaluate_command(
-                    setup, distilled_dir(work, name, ipc, seed), out, models / "teacher", modes=args.label_modes,
-                    seeds=[seed], steps=args.steps, random_baseline=False, full_data_baseline="false",
-                    **PROTOCOLS[args.protocol])))
+                add(distilled_dir(work, name, ipc, seed),
+                    evaluation_dir(work, name + REDRAW, ipc, [seed], args.variant, args.label_modes), [seed])
             baseline = name == "hf_scdd"
             full_data = baseline and args.full_data and ipc == min(args.ipcs)
             if not full_data and already_trained(work, name, ipc, args, baseline):
                 continue  # every wanted (label mode, seed) finished in the row's other folders
-            out = evaluation_dir(work, name, ipc, args.seeds, args.variant, args.label_modes)
-            commands.append((f"evaluate_{out.name}", evaluate_command(
-                setup, distilled_dir(work, name, ipc), out, models / "teacher", modes=args.label_modes,
-                seeds=args.seeds, steps=args.steps, random_baseline=baseline, full_data_baseline=str(full_data).lower(),
-                **PROTOCOLS[args.protocol])))
+            add(distilled_dir(work, name, ipc), evaluation_dir(work, name, ipc, args.seeds, args.variant,
+                                                                args.label_modes), args.seeds, baseline, full_data)
     return commands
 
 

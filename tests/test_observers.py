@@ -131,33 +131,45 @@ def test_joint_features_are_each_members_unit_features_weighed_equally():
     torch.testing.assert_close(joint @ joint.T, (own[0] @ own[0].T + own[1] @ own[1].T) / 2, rtol=1e-5, atol=1e-5)
 
 
-def test_recover_selects_on_joint_features_and_reproduces(tmp_path_factory, tmp_path):
-    from safetensors.torch import load_file
-
-    from hf_scdd.data import load_image_dataset
-    from hf_scdd.models.loading import load_backbone
-    from hf_scdd.synthesis.selection import select_real_images
-
-    root = tmp_path_factory.mktemp("joint")
+@pytest.fixture(scope="module")
+def selection_assets(tmp_path_factory):
+    """The recovery model, a second model (the selection model) and 10 candidates per class for 2 picks."""
+    root = tmp_path_factory.mktemp("selection")
     bn_backbone(class_names=CLASSES).save_pretrained(root / "backbone")
     second_observer().save_pretrained(root / "teacher")
-    write_random_dataset(root / "data", CLASSES, SIZE, per_split=40)  # 10 candidates per class for 2 picks
-    joint = dict(selection_model=str(root / "teacher"), selection_features="joint", iterations=0)
-    first = run(root, tmp_path / "joint", **joint)
-    again = run(root, tmp_path / "again", **joint)
-    picked = load_file(str(first / "inputs" / "init_images.safetensors"))["train_indices"]
-    assert torch.equal(picked, load_file(str(again / "inputs" / "init_images.safetensors"))["train_indices"])
+    write_random_dataset(root / "data", CLASSES, SIZE, per_split=40)
+    return root
+
+
+def picked_indices(folder) -> torch.Tensor:
+    """The training-split indices a recover run started from, as it recorded them."""
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "inputs" / "init_images.safetensors"))["train_indices"]
+
+
+def library_medoids(root, observer) -> torch.Tensor:
+    """The sorted indices :func:`select_real_images` picks with ``observer`` under :func:`run`'s settings."""
+    from hf_scdd.data import load_image_dataset
+    from hf_scdd.synthesis.selection import select_real_images
+
     source = load_image_dataset(str(root / "data")).source("train")
-    images, labels = source.indexed_images(), source.labels()
+    chosen = select_real_images(observer, source.indexed_images(), source.labels(), num_classes=4, ipc=2,
+                                how="kmeans", seed=3)
+    return chosen.flatten().sort().values
+
+
+def test_recover_selects_on_joint_features_and_reproduces(selection_assets, tmp_path):
+    from hf_scdd.models.loading import load_backbone
+
+    root = selection_assets
+    joint = dict(selection_model=str(root / "teacher"), selection_features="joint", iterations=0)
+    picked = picked_indices(run(root, tmp_path / "joint", **joint))
+    assert torch.equal(picked, picked_indices(run(root, tmp_path / "again", **joint)))
     models = [load_backbone(str(root / "backbone")), load_backbone(str(root / "teacher"))]
-
-    def medoids(observer):
-        chosen = select_real_images(observer, images, labels, num_classes=4, ipc=2, how="kmeans", seed=3)
-        return chosen.flatten().sort().values
-
-    assert torch.equal(picked.flatten().sort().values, medoids(ObserverEnsemble(models)))
+    assert torch.equal(picked.flatten().sort().values, library_medoids(root, ObserverEnsemble(models)))
     for alone in models:  # both views count: neither model alone chooses these images
-        assert not torch.equal(medoids(ObserverEnsemble(models)), medoids(alone))
+        assert not torch.equal(library_medoids(root, ObserverEnsemble(models)), library_medoids(root, alone))
 
 
 def test_joint_features_without_a_selection_model_are_refused(assets, tmp_path):
@@ -185,26 +197,12 @@ def test_logit_view_features_are_centred_logits_whose_cosine_ignores_shifts():
     torch.testing.assert_close(shifted, torch.ones(6))
 
 
-def test_recover_selects_on_the_selection_models_logits(tmp_path_factory, tmp_path):
-    from safetensors.torch import load_file
-
-    from hf_scdd.data import load_image_dataset
+def test_recover_selects_on_the_selection_models_logits(selection_assets, tmp_path):
     from hf_scdd.models.loading import load_backbone
-    from hf_scdd.synthesis.selection import select_real_images
 
-    root = tmp_path_factory.mktemp("logits")
-    bn_backbone(class_names=CLASSES).save_pretrained(root / "backbone")
-    second_observer().save_pretrained(root / "teacher")
-    write_random_dataset(root / "data", CLASSES, SIZE, per_split=40)
+    root = selection_assets
     out = run(root, tmp_path / "logits", selection_model=str(root / "teacher"), selection_features="logits",
               iterations=0)
-    picked = load_file(str(out / "inputs" / "init_images.safetensors"))["train_indices"].flatten().sort().values
-    source = load_image_dataset(str(root / "data")).source("train")
-    images, labels, teacher = source.indexed_images(), source.labels(), load_backbone(str(root / "teacher"))
-
-    def medoids(observer):
-        chosen = select_real_images(observer, images, labels, num_classes=4, ipc=2, how="kmeans", seed=3)
-        return chosen.flatten().sort().values
-
-    assert torch.equal(picked, medoids(LogitView(teacher)))
-    assert not torch.equal(picked, medoids(teacher))  # logits, not the teacher's pooled features
+    picked, teacher = picked_indices(out).flatten().sort().values, load_backbone(str(root / "teacher"))
+    assert torch.equal(picked, library_medoids(root, LogitView(teacher)))
+    assert not torch.equal(picked, library_medoids(root, teacher))  # logits, not the teacher's pooled features

@@ -52,6 +52,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ..errors import BNStatsError
+from ..models.adapters import model_logits
 from ..training.accelerator import Precision, autocast_of
 
 STATS = ("mean_of_running_mean", "std_of_running_mean", "mean_of_running_var", "std_of_running_var")
@@ -430,11 +431,6 @@ def summarize_bn_stats(rows: list[dict]) -> dict:
 # --------------------------------------------------------------------------------------------------------
 # The recovery objective
 # --------------------------------------------------------------------------------------------------------
-
-
-def model_logits(output: Any) -> torch.Tensor:
-    """Plain tensors pass through; transformers ``ModelOutput``s give their ``logits``."""
-    return output.logits if hasattr(output, "logits") else output
 
 
 def recovery_objective(

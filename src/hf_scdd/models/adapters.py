@@ -40,6 +40,11 @@ GUESSABLE = {"image_size": ("crop_size", "size"), "mean": ("image_mean",), "std"
 """What a model's preprocessor config supplies (value → its keys); without them these are guesses."""
 
 
+def model_logits(output: Any) -> torch.Tensor:
+    """Plain tensors pass through; transformers ``ModelOutput``s give their ``logits``."""
+    return output.logits if hasattr(output, "logits") else output
+
+
 class TransformersClassifier(nn.Module):
     """A transformers BN image classifier behind the :class:`~hf_scdd.models.ResNet` interface.
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError
+from .adapters import model_logits
 
 
 class ObserverEnsemble(nn.Module):
@@ -68,7 +69,7 @@ class ObserverEnsemble(nn.Module):
         for member, scale, shift in zip(self.members, self.scales, self.shifts):
             forward = getattr(member, "forward_features", None) if features else None
             out = (forward or member)(x * scale + shift)
-            outputs.append((out.logits if hasattr(out, "logits") else out).float())
+            outputs.append(model_logits(out).float())
         return outputs
 
 
@@ -90,8 +91,7 @@ class LogitView(nn.Module):
                 setattr(self, attribute, getattr(model, attribute))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return (out.logits if hasattr(out, "logits") else out).float()
+        return model_logits(self.model(x)).float()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         logits = self(x)

@@ -48,6 +48,7 @@ from torch import nn
 
 from ..data.tensors import normalize
 from ..errors import ConfigError
+from ..models.adapters import model_logits
 from ..training.accelerator import Precision, autocast_of
 
 SELECTIONS = ("random", "kmeans", "strata", "strata_core", "herding", "confident", "kmeans_margin", "kcenter")
@@ -84,7 +85,7 @@ def observer_outputs(
         x = normalize(images[start : start + batch_size].to(device), model.mean, model.std)
         with autocast_of(precision):
             out = forward(x) if forward is not None else model(x)
-        outputs.append((out.logits if hasattr(out, "logits") else out).float().cpu())
+        outputs.append(model_logits(out).float().cpu())
     return torch.cat(outputs)
 
 
