@@ -15,6 +15,7 @@ from hf_scdd.data.tensors import normalize
 from hf_scdd.errors import BackboneError
 from hf_scdd.hub import load_distilled
 from hf_scdd.losses.bn_matching import BNStatsRecorder, grouped_recovery_loss
+from hf_scdd.models.adapters import model_logits
 from hf_scdd.models.ensemble import LogitView, ObserverEnsemble
 from hf_scdd.stages.recover import RecoverConfig, main
 
@@ -167,9 +168,10 @@ def test_recover_selects_on_joint_features_and_reproduces(selection_assets, tmp_
     picked = picked_indices(run(root, tmp_path / "joint", **joint))
     assert torch.equal(picked, picked_indices(run(root, tmp_path / "again", **joint)))
     models = [load_backbone(str(root / "backbone")), load_backbone(str(root / "teacher"))]
-    assert torch.equal(picked.flatten().sort().values, library_medoids(root, ObserverEnsemble(models)))
+    joint_medoids = library_medoids(root, ObserverEnsemble(models))
+    assert torch.equal(picked.flatten().sort().values, joint_medoids)
     for alone in models:  # both views count: neither model alone chooses these images
-        assert not torch.equal(library_medoids(root, ObserverEnsemble(models)), library_medoids(root, alone))
+        assert not torch.equal(joint_medoids, library_medoids(root, alone))
 
 
 def test_joint_features_without_a_selection_model_are_refused(assets, tmp_path):
@@ -188,8 +190,7 @@ def test_logit_view_features_are_centred_logits_whose_cosine_ignores_shifts():
     assert (view.num_classes, view.mean, view.std) == (model.num_classes, model.mean, model.std)
     x = torch.rand(6, 1, SIZE, SIZE)
     with torch.no_grad():
-        logits, features = model(x), view.forward_features(x)
-    logits = logits.logits if hasattr(logits, "logits") else logits
+        logits, features = model_logits(model(x)), view.forward_features(x)
     torch.testing.assert_close(features.sum(dim=1), torch.zeros(6), atol=1e-5, rtol=0)
     torch.testing.assert_close(features, logits - logits.mean(dim=1, keepdim=True))
     # two soft labels of the same shape (logits that differ by a constant) are one point to the selection
