@@ -67,14 +67,14 @@ PARTS = ("models", "sets", "students", "table")
 PROTOCOLS: dict[str, dict] = {"pad": {}, "rrc": dict(crop="rrc", crop_scale_min=0.25)}
 PROTOCOL_TEXT = {"pad": "pad-crop (4 px)", "rrc": "RandomResizedCrop (area 0.25-1)"}
 ROWS = ("scdd", "sre2l_probe", "sre2l_e2e", "hf_scdd", "hf_scdd_strata", "hf_scdd_strata_core", "hf_scdd_teacher",
-        "hf_scdd_teacher_logits", "hf_scdd_joint", "hf_scdd_joint_cifar", "hf_scdd_refined", "hf_scdd_cifar", "hf_scdd_observers")
+        "hf_scdd_teacher_kmedoids", "hf_scdd_teacher_logits", "hf_scdd_joint", "hf_scdd_joint_cifar", "hf_scdd_refined", "hf_scdd_cifar", "hf_scdd_observers")
 MODES = STUDENT_MODES
 # evaluate's default budget: its folders and table keep the plain names
 DEFAULT_STEPS: int = next(f.default for f in dataclasses.fields(EvaluateConfig) if f.name == "steps")
 # Paired sections of the table (row − base per student seed): what each refinement adds to its medoids
 PAIRS = (("hf_scdd_refined", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd"), ("hf_scdd_cifar", "hf_scdd_refined"),
          ("hf_scdd_strata", "hf_scdd"), ("hf_scdd_strata_core", "hf_scdd"), ("hf_scdd_teacher", "hf_scdd"),
-         ("hf_scdd_teacher_logits", "hf_scdd_teacher"), ("hf_scdd_joint", "hf_scdd"),
+         ("hf_scdd_teacher_kmedoids", "hf_scdd_teacher"), ("hf_scdd_teacher_logits", "hf_scdd_teacher"), ("hf_scdd_joint", "hf_scdd"),
          ("hf_scdd_joint", "hf_scdd_teacher"),
          ("hf_scdd_joint_cifar", "hf_scdd_cifar"), ("hf_scdd_joint_cifar", "hf_scdd_joint"),
          ("hf_scdd_observers", "hf_scdd_cifar"))
@@ -134,6 +134,13 @@ def set_specs(models: Path, setup) -> dict[str, dict]:
                                 backbone=models / "probe_mocov2",
                                 fields={**unrefined_medoids(setup), "selection_model": models / "teacher"},
                                 prefix=False),
+        # the same features, the k-medoids that k-means medoids approximate (session 17: greedy facility location
+        # + Voronoi iteration, deterministic)
+        "hf_scdd_teacher_kmedoids": dict(title="k-medoids of the supervised teacher's features, unrefined",
+                                         backbone=models / "probe_mocov2",
+                                         fields={**unrefined_medoids(setup), "selection": "kmedoids",
+                                                 "selection_model": models / "teacher"},
+                                         prefix=False),
         # the teacher's soft-label shapes (session 15): clusters of centred logits, not of pooled features
         "hf_scdd_teacher_logits": dict(title="k-means medoids of the supervised teacher's centred logits, unrefined",
                                        backbone=models / "probe_mocov2",

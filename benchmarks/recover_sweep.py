@@ -44,6 +44,8 @@ CANDIDATES: dict[str, dict] = {
     "kmeans_margin": dict(init="real", selection="kmeans_margin", iterations=0),
     "kcenter": dict(init="real", selection="kcenter", iterations=0),
     "kmeans_teacher": dict(init="real", selection="kmeans", iterations=0, selection_model="@teacher"),
+    "kmedoids": dict(init="real", selection="kmedoids", iterations=0),
+    "kmedoids_teacher": dict(init="real", selection="kmedoids", iterations=0, selection_model="@teacher"),
     "strata_teacher": dict(init="real", selection="strata", iterations=0, selection_model="@teacher"),
     "kmeans_mosaic2": dict(init="real", selection="kmeans", iterations=0, patches_per_side=2),
     "random_mosaic2": dict(init="real", selection="random", iterations=0, patches_per_side=2),

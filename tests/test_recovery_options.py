@@ -19,6 +19,7 @@ from hf_scdd.stages.recover import RecoverConfig, main
 from hf_scdd.synthesis.inputs import tile_mosaics
 from hf_scdd.synthesis.selection import (
     SELECTIONS, class_margins, herding, kcenter, kmeans_margin, kmeans_medoids, kmeans_strata, kmeans_strata_core,
+    greedy_facility_location, kmedoids,
     select_real_images,
 )
 
@@ -157,6 +158,30 @@ def test_kcenter_spreads_over_the_modes_and_skips_the_outliers():
     assert sorted(p // 10 for p in picks[1:]) == [6, 7]  # then one of each rare style
     assert not set(picks) & {80, 81}  # never the outliers, which plain farthest-first would take first
     assert kcenter(points, 3).tolist() == picks  # deterministic
+
+
+def coverage(points: torch.Tensor, picks: torch.Tensor) -> float:
+    """The k-medoids objective: every point's cosine similarity to its nearest pick, summed."""
+    x = F.normalize(points, dim=1)
+    return float((x @ x[picks].T).max(dim=1).values.sum())
+
+
+def test_kmedoids_covers_the_class_at_least_as_well_as_the_kmeans_medoids():
+    generator = torch.Generator().manual_seed(3)
+    centres = F.normalize(torch.randn(4, 8, generator=generator), dim=1)
+    sizes = [50, 25, 15, 10]  # modes of unequal weight, as a class's styles are
+    points = torch.cat([c + 0.15 * torch.randn(n, 8, generator=generator) for c, n in zip(centres, sizes)])
+    picks = kmedoids(points, 4, block=7)  # a block that does not divide N: the blocked sums are exact
+    assert len(set(picks.tolist())) == 4
+    assert sorted(int(torch.searchsorted(torch.tensor([50, 75, 90]), p, right=True)) for p in picks) == [0, 1, 2, 3]
+    assert torch.equal(picks, kmedoids(points, 4))  # deterministic, whatever the block
+    medoid_coverage = [coverage(points, kmeans_medoids(points, 4, torch.Generator().manual_seed(s))) for s in range(5)]
+    assert coverage(points, picks) >= max(medoid_coverage) - 1e-4
+    x = F.normalize(points, dim=1)
+    greedy = greedy_facility_location(x, 4)
+    assert int(greedy[0]) == int((x @ x.T).sum(dim=1).argmax())  # the first pick: most similar to all the others
+    assert torch.equal(greedy, greedy_facility_location(x, 4, block=9, cache_limit=0))  # recomputed blocks agree
+    assert coverage(points, picks) >= coverage(points, greedy) - 1e-4  # the Voronoi rounds never lower coverage
 
 
 def test_selection_picks_distinct_images_of_each_class_reproducibly():

@@ -28,7 +28,11 @@ class's modes trains better students than one that repeats its most typical imag
   without the :data:`KCENTER_TRIM` least typical ones (the outliers and label noise plain k-center would take
   first). It covers a class's tails where the medoids cover its bulk: a KD student learns the teacher's
   function on whatever it is shown, so coverage of the rare styles may teach it more than typicality does.
-
+* ``kmedoids``: k-medoids in cosine similarity: the ``k`` images that maximise ``sum_i max_s sim(i, s)``, the
+  similarity of every image of the class to its nearest pick (the coverage k-means medoids only approximate: the
+  image nearest a k-means centroid is not the best representative of its cluster). Greedy facility location
+  (CRAIG-style, each pick adds the most coverage) starts it, Voronoi iteration (each pick moves to the medoid of
+  the images nearest it) finishes it; deterministic, no seed.
 Features come from the observer's ``forward_features`` (its pooled penultimate layer) when it has one, else
 from its logits. A self-supervised observer's features group images by appearance rather than by the label
 alone, which is what k-means needs to find the modes: on Fashion-MNIST at IPC 10 the SSL recovery model's
@@ -51,12 +55,16 @@ from ..errors import ConfigError
 from ..models.adapters import model_logits
 from ..training.accelerator import Precision, autocast_of
 
-SELECTIONS = ("random", "kmeans", "strata", "strata_core", "herding", "confident", "kmeans_margin", "kcenter")
+SELECTIONS = (
+    "random", "kmeans", "strata", "strata_core", "herding", "confident", "kmeans_margin", "kcenter", "kmedoids",
+)
 SELECTION_FEATURES = ("observer", "joint", "logits")
 """What the selection clusters: the observer's pooled features, the recovery model's and the observer's side by
 side (``joint``, :meth:`hf_scdd.models.ensemble.ObserverEnsemble.forward_features`), or the observer's centred
 logits (``logits``, :class:`hf_scdd.models.ensemble.LogitView`: the shapes of its soft labels)."""
 KCENTER_TRIM = 0.1
+CACHED_SIMILARITIES = 1 << 26
+"""The most pairwise similarities (float32, 256 MiB) ``kmedoids`` keeps in memory; a larger class recomputes them."""
 """The fraction of a class's candidates, least similar to the class's mean feature, that ``kcenter`` never takes."""
 
 
@@ -221,6 +229,58 @@ def kcenter(features: torch.Tensor, k: int, trim: float = KCENTER_TRIM) -> torch
     return torch.tensor(chosen, dtype=torch.long)
 
 
+def kmedoids(features: torch.Tensor, k: int, rounds: int = 20, block: int = 2048) -> torch.Tensor:
+    """Indices of ``k`` distinct points that (locally) maximise the summed cosine similarity of every point to its
+    nearest pick: greedy facility location, then Voronoi iteration until no pick moves (at most ``rounds``); each
+    step of either never lowers that coverage."""
+    x = F.normalize(features.float(), dim=1)
+    picks = greedy_facility_location(x, k, block)
+    for _ in range(rounds):
+        moved = voronoi_medoids(x, picks)
+        if torch.equal(moved, picks):
+            break
+        picks = moved
+    return picks
+
+
+def greedy_facility_location(
+    x: torch.Tensor, k: int, block: int = 2048, cache_limit: int = CACHED_SIMILARITIES
+) -> torch.Tensor:
+    """``k`` picks among unit-norm ``x``, each the one that most raises ``sum_i max_s (1 + x_i · x_s)`` (the shift
+    makes every gain non-negative). The [N, N] similarities are formed once, in row blocks, when they fit in
+    ``cache_limit`` entries, else again at every pick, so memory stays bounded for any class size."""
+    starts = range(0, len(x), block)
+    cached = [1 + x[i : i + block] @ x.T for i in starts] if len(x) ** 2 <= cache_limit else None
+    covered = torch.zeros(len(x))
+    chosen: list[int] = []
+    for _ in range(k):
+        gains = torch.zeros(len(x))
+        for b, i in enumerate(starts):
+            similarity = cached[b] if cached is not None else 1 + x[i : i + block] @ x.T
+            gains += (similarity - covered[i : i + block, None]).clamp_min(0).sum(dim=0)
+        gains[chosen] = -1.0
+        chosen.append(int(gains.argmax()))
+        covered = torch.maximum(covered, 1 + x @ x[chosen[-1]])
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def voronoi_medoids(x: torch.Tensor, picks: torch.Tensor) -> torch.Tensor:
+    """Each pick replaced by the medoid of its Voronoi cell (the member most similar, summed, to the cell's
+    members), in the same order; a pick already a medoid stays, so a fixed point returns ``picks`` unchanged.
+    Duplicate images can leave a pick outside its own cell: such a pick stays, and a move that would give two
+    picks the same image is not made."""
+    cell = (x @ x[picks].T).argmax(dim=1)
+    moved = picks.clone()
+    for j, pick in enumerate(picks.tolist()):
+        members = torch.nonzero(cell == j).flatten()
+        if pick not in members.tolist():
+            continue
+        scores = (x[members] @ x[members].T).sum(dim=0)
+        if float(scores.max()) > float(scores[members == pick][0]) + 1e-6:
+            moved[j] = members[int(scores.argmax())]
+    return moved if len(set(moved.tolist())) == len(moved) else picks
+
+
 def select_real_images(
     observer: nn.Module | None,
     images: torch.Tensor,
@@ -279,5 +339,7 @@ def _pick(
         return herding(features, ipc)
     if how == "kcenter":
         return kcenter(features, ipc)
+    if how == "kmedoids":
+        return kmedoids(features, ipc)
     by_clusters = {"kmeans": kmeans_medoids, "strata": kmeans_strata, "strata_core": kmeans_strata_core}
     return by_clusters[how](features, ipc, generator)
