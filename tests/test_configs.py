@@ -115,6 +115,20 @@ def test_check_or_write_config(tmp_path):
     assert json.loads((out / "config.json").read_text())["config"]["lr"] == 0.2
 
 
+def test_a_path_spelt_another_way_is_the_same_config(tmp_path, monkeypatch):
+    data = tmp_path / "data" / "set"
+    data.mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "data")
+    out = tmp_path / "run"
+    assert check_or_write_config(ToyConfig(output_dir=str(out), note="set"), out) is False  # relative, recorded
+    assert check_or_write_config(ToyConfig(output_dir=str(out), note=str(data)), out) is True  # absolute: the same
+    with pytest.raises(ConfigError, match="note: 'set' -> "):
+        check_or_write_config(ToyConfig(output_dir=str(out), note=str(tmp_path / "other")), out)  # another folder
+    with pytest.raises(ConfigError, match="note"):
+        check_or_write_config(ToyConfig(output_dir=str(out), note="missing"), out)  # not on disk: compared as text
+
+
 def test_save_config_extra_and_atomic_write(tmp_path):
     path = save_config(ToyConfig(), tmp_path, name="recover_config.json", backbone="tester/model@abc")
     assert json.loads(path.read_text())["backbone"] == "tester/model@abc"

@@ -335,9 +335,24 @@ def config_differences(config: StageConfig, previous: dict[str, Any]) -> dict[st
     return {
         k: (previous.get(k), v)
         for k, v in current.items()
-        if k not in config.RUNTIME_FIELDS and previous.get(k) != v
+        if k not in config.RUNTIME_FIELDS and not same_value(previous.get(k), v)
         and not (k not in previous and k in defaults and defaults[k] == v)
     }
+
+
+def same_value(recorded: Any, current: Any) -> bool:
+    """Equal values, or two spellings of the same local file or folder (``../data/x`` and ``/work/data/x``, each
+    element of a list in turn): a path written another way is not another run's config."""
+    if isinstance(recorded, list) and isinstance(current, list) and len(recorded) == len(current):
+        return all(same_value(a, b) for a, b in zip(recorded, current))
+    if recorded == current:
+        return True
+    if not (isinstance(recorded, str) and isinstance(current, str)):
+        return False
+    try:
+        return os.path.exists(recorded) and os.path.exists(current) and os.path.samefile(recorded, current)
+    except OSError:
+        return False
 
 
 def _constructible(config: StageConfig) -> bool:
