@@ -20,19 +20,18 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from hf_scdd.data.loading import load_image_dataset
+from hf_scdd.formats.distilled_set import INPUTS_DIR
 from hf_scdd.models.loading import load_backbone
 from hf_scdd.synthesis.inputs import INIT_FILE
-from hf_scdd.formats.distilled_set import INPUTS_DIR
-from hf_scdd.synthesis.selection import observer_outputs
+from hf_scdd.synthesis.selection import observer_outputs, select_real_images
 from hf_scdd.training.accelerator import Precision
 
 from common import DATASETS, HERE, hardware_line
 
 
-def class_coverage(features: torch.Tensor, chosen: torch.Tensor) -> float:
-    """Mean over ``features`` (one class) of the cosine similarity to the most similar ``chosen`` row."""
-    x = F.normalize(features.float(), dim=1)
-    return float((x @ x[chosen].T).max(dim=1).values.mean())
+def class_coverage(points: torch.Tensor, picks: torch.Tensor) -> float:
+    """Mean over unit-norm ``points`` (one class) of the cosine similarity to the most similar of ``picks``."""
+    return float((points @ picks.T).max(dim=1).values.mean())
 
 
 def main() -> None:
@@ -50,25 +49,21 @@ def main() -> None:
     images, labels = source.indexed_images(), torch.as_tensor(source.labels())
     features = observer_outputs(observer, images, features=True, precision=Precision.resolve("auto", "cpu"))
     classes = sorted(set(labels.tolist()))
-    members = {c: torch.nonzero(labels == c).flatten() for c in classes}
+    unit = F.normalize(features.float(), dim=1)
     print(f"{args.dataset}, IPC {args.ipc}, the {args.observer}'s pooled features; machine: {hardware_line()}\n")
     print("| set | mean coverage | worst class |\n|---|---:|---:|")
 
-    def report(name: str, chosen_per_class: dict[int, torch.Tensor]) -> None:
-        scores = []
-        for c in classes:
-            position = {int(i): n for n, i in enumerate(members[c])}
-            scores.append(class_coverage(features[members[c]], torch.tensor([position[int(i)] for i in chosen_per_class[c]])))
+    def report(name: str, chosen: torch.Tensor) -> None:
+        """``chosen``: [K, IPC] training-split indices, class k's in row k."""
+        scores = [class_coverage(unit[labels == c], unit[chosen[k]]) for k, c in enumerate(classes)]
         print(f"| {name} | {sum(scores) / len(scores):.4f} | {min(scores):.4f} |")
 
     for name in args.sets:
         folder = Path(args.root) / "fidelity" / args.dataset / "sets" / f"{name}-ipc{args.ipc}"
-        indices = load_file(str(folder / INPUTS_DIR / INIT_FILE))["train_indices"]
-        report(name, {c: indices[k] for k, c in enumerate(classes)})
-    for seed in range(args.random_draws):
-        generator = torch.Generator().manual_seed(seed)
-        report(f"random draw {seed}", {c: members[c][torch.randperm(len(members[c]), generator=generator)[: args.ipc]]
-                                       for c in classes})
+        report(name, load_file(str(folder / INPUTS_DIR / INIT_FILE))["train_indices"])
+    for seed in range(args.random_draws):  # the library's own seeded random draw (``--selection random``)
+        report(f"random draw {seed}", select_real_images(None, images, labels, num_classes=len(classes),
+                                                          ipc=args.ipc, how="random", seed=seed))
 
 
 if __name__ == "__main__":
