@@ -139,12 +139,13 @@ def probe_commands(setup: DatasetSetup, root: Path) -> list[tuple[str, list[str]
 
 
 def evaluate_command(setup: DatasetSetup, distilled: Path, out: Path, teacher: Path, *, modes: list[str],
-                     seeds: list[int], steps: int, random_baseline: bool, **extra: Any) -> list[str]:
-    """One evaluate run (students under the library's protocol)."""
+                     seeds: list[int], steps: int, random_baseline: bool, save_student: bool = False,
+                     **extra: Any) -> list[str]:
+    """One evaluate run (students under the library's protocol); the first seed's student kept if asked."""
     return stage_command(
         "evaluate", distilled=distilled, dataset=setup.dataset, teacher=teacher, label_modes=modes, seeds=seeds,
-        steps=steps, random_baseline=str(random_baseline).lower(), output_dir=out, save_student="false",
-        report_to="none", **setup.student, **extra,
+        steps=steps, random_baseline=str(random_baseline).lower(), output_dir=out,
+        save_student=str(save_student).lower(), report_to="none", **setup.student, **extra,
     )
 
 
