@@ -67,6 +67,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--selection", action=argparse.BooleanOptionalAction, default=True,
                    help="also the real images of each teacher-feature cluster where the proxy disagrees most")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--table_only", action="store_true",
+                   help="train nothing: the table of the finished students of --seeds (n says how many)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--root", default=str(HERE / "results"))
     return p.parse_args()
@@ -114,7 +116,8 @@ def refine(images: torch.Tensor, labels: torch.Tensor, teacher, student, args,
         recorder.clear()
     agree = float((t_logits.argmax(1) == s_logits.argmax(1)).float().mean())
     change = float((x.detach() - x0).abs().mean())
-    stats = {"ce": float(ce), "bn": float(bn), "js": float(js), "agreement": agree, "mean_abs_change": change}
+    ce, bn, js = (float(v.detach()) for v in (ce, bn, js))
+    stats = {"ce": ce, "bn": bn, "js": js, "agreement": agree, "mean_abs_change": change}
     pixels = (denormalize(x.detach().flatten(0, 1), teacher.mean, teacher.std) * 255).round().to(torch.uint8)
     return pixels.view_as(images), stats
 
@@ -244,24 +247,25 @@ def main() -> None:
         if not finished_set(work / "sets" / names[-1], record):
             write_disagreement_selection(base, work / "sets" / names[-1], setup.dataset, teacher, student, args,
                                          record)
-    commands = [(f"evaluate_{name}-seed{s}", evaluate_command(
-        setup, work / "sets" / name, work / "evaluate" / f"{name}-seed{s}", models / "teacher", modes=["online"],
-        seeds=[s], steps=3000, random_baseline=False)) for name in names for s in args.seeds
-        if not (work / "evaluate" / f"{name}-seed{s}" / "results.json").exists()]
-    run_all(commands, work / "logs", workers=args.workers)
+    evaluation = {(name, s): work / "evaluate" / f"{name}-seed{s}" for name in names for s in args.seeds}
+    commands = [(f"evaluate_{folder.name}", evaluate_command(
+        setup, work / "sets" / name, folder, models / "teacher", modes=["online"], seeds=[s], steps=3000,
+        random_baseline=False)) for (name, s), folder in evaluation.items() if not (folder / "results.json").exists()]
+    if not args.table_only:
+        run_all(commands, work / "logs", workers=args.workers)
     write_comparison(work.parent / f"{work.name}.png", [base, *(work / "sets" / name for name in names)])
     runs = runs_by_seed(fidelity_work, args.base, args.ipc, "")[1]
     rows = {"random real subset (fidelity)": kd_top1(runs, "random/online", args.seeds),
             f"`{args.base}` as it is (fidelity)": kd_top1(runs, "distilled/online", args.seeds)}
     for name in names:
-        rows[f"`{name}`"] = [100 * read_results(work / "evaluate" / f"{name}-seed{s}")["results"]["distilled/online"]
-                             ["final_top1_mean"] for s in args.seeds]
+        rows[f"`{name}`"] = [100 * read_results(evaluation[name, s])["results"]["distilled/online"]["final_top1_mean"]
+                             for s in args.seeds if (evaluation[name, s] / "results.json").exists()]
     proxy_top1 = 100 * read_results(proxy)["results"]["distilled/online"]["final_top1_mean"]
     lines = [f"# Competition refinement, {args.dataset} IPC {args.ipc} (KD students, final top-1 %)", "",
              f"Images (`{work.name}.png`): four per class of each set, left to right: `{args.base}`, "
              + ", ".join(f"`{name}`" for name in names) + ".", "",
              f"Machine: {hardware_line()}. Proxy student: seed {args.proxy_seed} on `{args.base}`, {proxy_top1:.2f} %.",
-             "", "| set | KD top-1 | seeds |", "|---|---:|---|",
+             "", "| set | KD top-1 | seeds asked |", "|---|---:|---|",
              *(f"| {row} | {summary(values)} | {args.seeds} |" for row, values in rows.items())]
     write_report(work, "\n".join(lines) + "\n", {"hardware": hardware_line(), "proxy_top1": proxy_top1,
                                                   "args": {k: v for k, v in vars(args).items() if k != "root"},
