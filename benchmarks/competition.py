@@ -41,11 +41,10 @@ from hf_scdd.hub.loading import load_distilled
 from hf_scdd.losses.bn_matching import BNStatsRecorder
 from hf_scdd.models.ensemble import renormalisation
 from hf_scdd.models.loading import load_backbone
+from hf_scdd.synthesis.engine import ADAM_BETAS
 from hf_scdd.synthesis.selection import class_seed, kmeans_margin, observer_outputs
 from hf_scdd.training.accelerator import Precision, autocast_of
 from hf_scdd.utils import atomic_write_text
-
-ADAM_BETAS = (0.5, 0.9)  # SC-DD's recovery optimiser
 
 
 def parse_args() -> argparse.Namespace:
@@ -86,7 +85,7 @@ def refine(images: torch.Tensor, labels: torch.Tensor, teacher, student, args,
     """The images [G, K, C, H, W] (uint8, one per class per group) after the competition refinement, and the
     last step's mean CE, BN, JS and teacher-student agreement."""
     groups = images.shape[0]
-    x0 = normalize(images.flatten(0, 1), teacher.mean, teacher.std).view_as(images.float())
+    x0 = normalize(images.flatten(0, 1), teacher.mean, teacher.std).view(images.shape)
     x = x0.clone().requires_grad_(True)
     generator = torch.Generator().manual_seed(0)
     size = tuple(images.shape[-2:])
@@ -105,7 +104,7 @@ def refine(images: torch.Tensor, labels: torch.Tensor, teacher, student, args,
             with autocast_of(precision):
                 t_logits, s_logits = teacher(view), student(view * scale + shift)
             ce = F.cross_entropy(t_logits.float(), y)
-            bn = recorder.bn_loss(labels.flatten()).mean()
+            bn = recorder.bn_loss(y).mean()
             js = js_divergence(t_logits, s_logits, args.temperature).mean()
             loss = args.ce * ce + args.r_bn * bn - r_adv * js
             optimizer.zero_grad(set_to_none=True)
@@ -156,10 +155,18 @@ def write_set_folder(base: Path, out: Path, images: torch.Tensor, labels: torch.
     print(f"  {out.name}: {report}", flush=True)
 
 
+def read_set(folder: Path):
+    """A distilled-set folder's table, uint8 images [N, C, S, S] and labels [N] (channels and side from its
+    first image)."""
+    dataset, _, _ = load_distilled(folder)
+    first = dataset[0]["image"]
+    images, labels = distilled_images(dataset, len(first.getbands()), first.size[0])
+    return dataset, images, labels
+
+
 def write_refined_set(base: Path, out: Path, teacher, student, args, record: dict) -> None:
     """The base set refined at ``record["r_adv"]`` (images in the base set's order)."""
-    dataset, _, _ = load_distilled(base)
-    images, labels = distilled_images(dataset, int(teacher.in_channels), int(dataset[0]["image"].size[0]))
+    dataset, images, labels = read_set(base)
     ipc_index, classes = torch.tensor(dataset["ipc_index"]), int(labels.max()) + 1
     order = torch.argsort(ipc_index * classes + labels)  # groups of one image per class, as recovery makes them
     grouped = images[order].view(-1, classes, *images.shape[1:])
@@ -196,13 +203,12 @@ def write_comparison(path: Path, folders: list[Path], per_set: int = 4) -> None:
     """One PNG, a row per class: the first ``per_set`` images of each set side by side, in ``folders`` order."""
     images, labels, columns = [], [], []
     for position, folder in enumerate(folders):
-        dataset, _, _ = load_distilled(folder)
-        keep = [i for i, ipc in enumerate(dataset["ipc_index"]) if ipc < per_set]
-        part = dataset.select(keep)
-        pixels, classes = distilled_images(part, 3, int(part[0]["image"].size[0]))
-        images.append(pixels)
-        labels += classes.tolist()
-        columns += [position * per_set + ipc for ipc in part["ipc_index"]]
+        dataset, pixels, classes = read_set(folder)
+        ipcs = dataset["ipc_index"]
+        keep = [i for i, ipc in enumerate(ipcs) if ipc < per_set]
+        images.append(pixels[keep])
+        labels += classes[keep].tolist()
+        columns += [position * per_set + ipcs[i] for i in keep]
     write_grid(path, torch.cat(images), labels, columns, max_columns=per_set * len(folders))
 
 
